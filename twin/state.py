@@ -108,7 +108,7 @@ class Controls(eqx.Module):
     draw: Float[Array, ""]  # L/h broth withdrawn (harvest draws, discharge)
     temperature: Float[Array, ""]  # degC
     pH: Float[Array, ""]  # -
-    aeration: Float[Array, ""]  # vvm
+    aeration: Float[Array, ""]  # L/h of gas at normal conditions (0 degC, 1.01325 bar)
     agitation: Float[Array, ""]  # rpm
     back_pressure: Float[Array, ""]  # bar (gauge)
 
@@ -145,7 +145,7 @@ CONTROL_VARIABLES: dict[str, VariableInfo] = {
         _S("draw", "L/h", "volume_flow", "broth withdrawal (harvest draws)", 0.0),
         _S("temperature", "degC", "temperature", "broth temperature setpoint", 0.0, 80.0),
         _S("pH", "-", "dimensionless", "pH setpoint", 2.0, 12.0),
-        _S("aeration", "vvm", "aeration", "aeration rate", 0.0, 5.0),
+        _S("aeration", "L/h", "volume_flow", "aeration (normal gas volume flow)", 0.0),
         _S("agitation", "rpm", "agitation", "agitator speed", 0.0, 3000.0),
         _S("back_pressure", "bar", "pressure", "head-space back pressure (gauge)", 0.0, 5.0),
     )

@@ -1,8 +1,8 @@
 """One internal unit system; conversions happen at the edges only.
 
 Internal units: mass g, volume L, time h, temperature degC, amount mmol, pressure bar (gauge for
-back pressure), dissolved oxygen in % of air saturation, agitation rpm, aeration vvm (gas volume
-per liquid volume per minute). Every table, CSV column or TOML value that carries a unit is
+back pressure), dissolved oxygen in % of air saturation, agitation rpm, gas flows (aeration) as
+normal volume per hour, L/h. Every table, CSV column or TOML value that carries a unit is
 converted with :func:`to_internal` when it is read and with :func:`from_internal` when written.
 
 A unit string is looked up in `_UNITS`, which maps it to a *dimension* and an affine map
@@ -45,7 +45,6 @@ _INTERNAL = {
     "oxygen_saturation": "%",
     "oxygen_concentration": "mmol/L",
     "agitation": "rpm",
-    "aeration": "vvm",
     "dimensionless": "-",
     "specific_rate": "g/g/h",
     "molar_rate": "mmol/L/h",
@@ -85,7 +84,9 @@ _add("volume_flow", ("L/h", "L_h"), 1.0)
 _add("volume_flow", ("L/min", "L_min"), 60.0)
 _add("volume_flow", ("mL/h", "mL_h"), 1e-3)
 _add("volume_flow", ("m3/h", "m3_h"), 1e3)
-_add("volume_flow", ("m3/min", "m3_min"), 6e4)
+_add("volume_flow", ("m3/min", "m3_min", "Nm3/min"), 6e4)
+_add("volume_flow", ("NL/min", "NL_min"), 60.0)
+_add("volume_flow", ("Nm3/h", "Nm3_h"), 1e3)
 _add("mass_flow", ("g/h", "g_h"), 1.0)
 _add("mass_flow", ("kg/h", "kg_h"), 1e3)
 _add("temperature", ("degC", "C", "celsius"), 1.0)
@@ -99,7 +100,6 @@ _add("oxygen_saturation", ("fraction",), 100.0)
 _add("oxygen_concentration", ("mmol/L", "mM"), 1.0)
 _add("oxygen_concentration", ("mg/L O2",), 1 / 31.998)
 _add("agitation", ("rpm", "1/min rotation"), 1.0)
-_add("aeration", ("vvm",), 1.0)
 _add("dimensionless", ("-", "", "pH", "1"), 1.0)
 _add("specific_rate", ("g/g/h",), 1.0)
 _add("molar_rate", ("mmol/L/h",), 1.0)
