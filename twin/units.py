@@ -53,6 +53,7 @@ _INTERNAL = {
     "length": "m",
     "area": "m2",
     "molar_fraction": "mol/mol",
+    "viscosity": "cP",
 }
 
 _UNITS: dict[str, Unit] = {}
@@ -112,6 +113,8 @@ _add("length", ("mm",), 1e-3)
 _add("area", ("m2", "m^2"), 1.0)
 _add("molar_fraction", ("mol/mol",), 1.0)
 _add("molar_fraction", ("mol%",), 1e-2)
+_add("viscosity", ("cP", "mPa.s", "mPa_s"), 1.0)
+_add("viscosity", ("Pa.s", "Pa_s"), 1e3)
 
 
 def lookup(unit: str, *, where: object = None, field: str | None = None) -> Unit:
