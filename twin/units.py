@@ -180,3 +180,14 @@ def from_internal(value, unit: str, dimension: str | None = None, *, where: obje
     if np.ndim(value):
         return (np.asarray(value, dtype=float) - u.offset) / u.scale
     return (float(value) - u.offset) / u.scale
+
+
+# Units of kinetic and transfer parameters (added for the model's parameter tables).
+_INTERNAL.update({"oxygen_yield": "g/mmol", "specific_oxygen_rate": "mmol/g/h",
+                  "specific_mass": "g/mmol", "amount": "mmol", "specific_volume_rate": "L/g"})
+_add("oxygen_yield", ("g/mmol",), 1.0)
+_add("oxygen_yield", ("g/mol",), 1e-3)
+_add("specific_oxygen_rate", ("mmol/g/h",), 1.0)
+_add("amount", ("mmol",), 1.0)
+_add("amount", ("mol",), 1e3)
+_add("specific_rate", ("g/g/min",), 60.0)

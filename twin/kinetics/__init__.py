@@ -1,0 +1,16 @@
+"""Culture kinetics: equinox Modules, one file per family, each parameter with unit and range."""
+
+from .base import AbstractGrowth, AbstractKinetics, AbstractProduction, Broth, Rates, parameter
+from .cardinal import CardinalPH, CardinalTemperature
+from .culture import CultureKinetics
+from .growth import ContoisGrowth, MonodGrowth
+from .oxygen import OxygenDemand, OxygenLimitation
+from .production import LuedekingPiret, ProductHydrolysis
+from .uptake import OilUptake, PrecursorUptake, SugarUptake
+
+__all__ = [
+    "AbstractGrowth", "AbstractKinetics", "AbstractProduction", "Broth", "Rates", "parameter",
+    "CardinalPH", "CardinalTemperature", "CultureKinetics", "ContoisGrowth", "MonodGrowth",
+    "OxygenDemand", "OxygenLimitation", "LuedekingPiret", "ProductHydrolysis", "OilUptake",
+    "PrecursorUptake", "SugarUptake",
+]

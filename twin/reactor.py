@@ -1,0 +1,369 @@
+"""The fed-batch reactor: mass and volume balances, oxygen transfer, evaporation, draws.
+
+The state integrates *amounts* (g) and the volume (L), so every material balance is a linear
+invariant of the vector field, which every Runge-Kutta solver preserves to round-off:
+
+$$\frac{dV}{dt} = F_S + F_{oil} + F_{prec} + F_W - F_{draw} - E(T, p, Q_{gas})$$
+$$\frac{d(XV)}{dt} = \mu X V - F_{draw} X$$
+$$\frac{d(SV)}{dt} = F_S S_F - q_S X V - F_{draw} S$$
+$$\frac{d(PV)}{dt} = q_P X V - k_h P V - F_{draw} P$$
+(and the same for oil and precursor). Concentrations are amount / volume, clipped at zero inside
+the rates (never in the state).
+
+Dissolved oxygen is, by default, quasi-steady (its time constant is seconds): the oxygen transfer
+rate equals the uptake rate, $k_La\,C^*(1 - d) = OUR_{max}\, d/(K + d)$, a quadratic in the
+saturation fraction $d$ solved in closed form. `DynamicOxygen` integrates
+$\dot d = (k_La C^*(1-d) - OUR)/C^*$ instead, which is stiff and wants an implicit solver.
+
+Oxygen transfer: $k_La = c\,(P_g/V)^{a}\,u_s^{b}$ (van 't Riet 1979), with gassed power
+$P_g = \phi\, n\, N_p \rho N^3 D^5$ from agitation and superficial gas velocity $u_s$ from aeration.
+Oxygen solubility in water under air at 1 atm (APHA polynomial, 0-50 degC) scales with absolute
+head pressure. Evaporation: the exhaust gas leaves saturated with water at broth temperature
+(Antoine equation for the vapour pressure).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from ._custom_types import Array, Float
+from .errors import ParameterError
+from .kinetics import AbstractKinetics, Broth, Rates, parameter
+from .recipe import Recipe
+from .state import Controls, Ledger, ReactorState
+
+__all__ = [
+    "Vessel", "Feeds", "AbstractOxygenBalance", "QuasiSteadyOxygen", "DynamicOxygen",
+    "FermentationModel", "Outputs", "ParameterInfo", "parameter_table", "get_parameter",
+    "set_parameters", "check_parameters",
+]
+
+ATM = 1.01325  # bar
+MOLAR_VOLUME_NORMAL = 22.414  # L/mol at 0 degC, 1 atm
+WATER_MOLAR_MASS = 18.015  # g/mol
+O2_MOLAR_MASS = 31.998  # g/mol
+
+
+class Vessel(eqx.Module):
+    """Vessel geometry, agitation power and gas-liquid transfer constants."""
+
+    working_volume: Float[Array, ""] = parameter(unit="L", lower=1e-3, upper=1e7,
+                                                 doc="maximum broth volume")
+    tank_diameter: Float[Array, ""] = parameter(unit="m", lower=0.01, upper=20.0, doc="tank inner diameter")
+    impeller_diameter: Float[Array, ""] = parameter(unit="m", lower=0.005, upper=10.0, doc="impeller diameter")
+    impellers: int = eqx.field(static=True, default=1)
+    power_number: Float[Array, ""] = parameter(unit="-", lower=0.1, upper=20.0, default=5.0,
+                                               doc="ungassed impeller power number (Rushton about 5)")
+    gassed_power_factor: Float[Array, ""] = parameter(unit="-", lower=0.1, upper=1.0, default=0.5,
+                                                      doc="gassed / ungassed power")
+    kla_coefficient: Float[Array, ""] = parameter(unit="-", lower=1e-5, upper=1.0, default=0.026,
+                                                  doc="van 't Riet coefficient c in kLa[1/s] = c (P/V)^a u_s^b")
+    kla_power_exponent: Float[Array, ""] = parameter(unit="-", lower=0.1, upper=1.0, default=0.4,
+                                                     doc="exponent a of P/V (W/m3)")
+    kla_gas_exponent: Float[Array, ""] = parameter(unit="-", lower=0.1, upper=1.0, default=0.5,
+                                                   doc="exponent b of superficial gas velocity (m/s)")
+    oxygen_solubility_factor: Float[Array, ""] = parameter(unit="-", lower=0.3, upper=1.2, default=0.9,
+                                                           doc="O2 solubility in broth / in water")
+    evaporation_saturation: Float[Array, ""] = parameter(unit="-", lower=0.0, upper=1.0, default=1.0,
+                                                         doc="water saturation of the exhaust gas")
+
+
+class Feeds(eqx.Module):
+    """Composition of the feeds."""
+
+    substrate_conc: Float[Array, ""] = parameter(unit="g/L", lower=0.0, upper=1500.0,
+                                                 doc="sugar concentration of the sugar feed")
+    oil_conc: Float[Array, ""] = parameter(unit="g/L", lower=0.0, upper=1000.0, default=920.0,
+                                           doc="oil per litre of oil feed (density of soybean oil)")
+    precursor_conc: Float[Array, ""] = parameter(unit="g/L", lower=0.0, upper=1100.0, default=0.0,
+                                                 doc="precursor concentration of the precursor feed")
+
+
+class Outputs(eqx.Module):
+    """Algebraic quantities at one instant: what sensors see beyond the state."""
+
+    dissolved_oxygen: Float[Array, ""]  # % air saturation
+    oxygen_uptake_rate: Float[Array, ""]  # mmol/L/h
+    kla: Float[Array, ""]  # 1/h
+    oxygen_saturation: Float[Array, ""]  # mmol/L at current T and pressure
+    oxygen_factor: Float[Array, ""]  # -
+    growth_rate: Float[Array, ""]  # 1/h
+    production_rate: Float[Array, ""]  # g/g/h
+    substrate_uptake: Float[Array, ""]  # g/g/h
+    evaporation: Float[Array, ""]  # L/h
+    power_per_volume: Float[Array, ""]  # W/m3
+
+
+class AbstractOxygenBalance(eqx.Module):
+    """How dissolved oxygen is obtained: algebraically (quasi-steady) or integrated."""
+
+    @abc.abstractmethod
+    def saturation_fraction(self, state: ReactorState, a: Float[Array, ""], our_max: Float[Array, ""],
+                            K: Float[Array, ""]) -> Float[Array, ""]:
+        """DO as a fraction of saturation."""
+
+    @abc.abstractmethod
+    def derivative(self, otr, our, csat) -> Float[Array, ""]:
+        """d(DO %)/dt."""
+
+
+class QuasiSteadyOxygen(AbstractOxygenBalance):
+    """DO at the root of OTR = OUR (closed form); the DO state is not integrated."""
+
+    def saturation_fraction(self, state, a, our_max, K):
+        a = jnp.maximum(a, 1e-12)
+        b = our_max - a + a * K
+        disc = jnp.sqrt(b * b + 4.0 * a * a * K)
+        # two algebraically equal forms; pick the one without cancellation
+        pos = 2.0 * a * K / jnp.where(b >= 0, b + disc, 1.0)
+        neg = (disc - b) / (2.0 * a)
+        return jnp.where(b >= 0, pos, neg)
+
+    def derivative(self, otr, our, csat):
+        return jnp.zeros_like(otr)
+
+
+class DynamicOxygen(AbstractOxygenBalance):
+    """DO integrated as a state: stiff (time constant ~ seconds); use an implicit solver."""
+
+    def saturation_fraction(self, state, a, our_max, K):
+        return jnp.maximum(state.dissolved_oxygen, 0.0) / 100.0
+
+    def derivative(self, otr, our, csat):
+        return 100.0 * (otr - our) / csat
+
+
+def vapour_pressure_water(T):
+    """Saturation vapour pressure of water, bar (Antoine, 1-100 degC)."""
+    return 10.0 ** (8.07131 - 1730.63 / (233.426 + T)) / 750.0616
+
+
+def oxygen_solubility_air(T):
+    """O2 solubility in water under air at 1 atm, mmol/L (APHA polynomial, 0-50 degC)."""
+    T = jnp.clip(T, 0.0, 50.0)
+    mg_per_L = 14.652 - 0.41022 * T + 0.0079910 * T**2 - 0.000077774 * T**3
+    return mg_per_L / O2_MOLAR_MASS
+
+
+class FermentationModel(eqx.Module):
+    """A fed-batch fermentation: culture kinetics in a vessel with feeds.
+
+    Args:
+        kinetics: culture kinetics (`twin.kinetics.CultureKinetics`).
+        vessel: geometry and transfer constants.
+        feeds: feed compositions.
+        oxygen_balance: `QuasiSteadyOxygen()` (default) or `DynamicOxygen()`.
+
+    Example:
+        >>> dy = model.vector_field(0.0, y0, recipe)   # doctest: +SKIP
+    """
+
+    kinetics: AbstractKinetics
+    vessel: Vessel
+    feeds: Feeds
+    oxygen_balance: AbstractOxygenBalance = QuasiSteadyOxygen()
+
+    def broth(self, y: ReactorState, u: Controls, dissolved_oxygen) -> Broth:
+        v = jnp.maximum(y.volume, 1e-9)
+        c = lambda m: jnp.maximum(m, 0.0) / v
+        return Broth(biomass=c(y.biomass), substrate=c(y.substrate), product=c(y.product),
+                     precursor=c(y.precursor), oil=c(y.oil), dissolved_oxygen=dissolved_oxygen,
+                     temperature=u.temperature, pH=u.pH)
+
+    def transfer(self, y: ReactorState, u: Controls):
+        """(kLa 1/h, C* mmol/L, P/V W/m3, evaporation L/h) at the current state and controls."""
+        ves = self.vessel
+        p_abs = u.back_pressure + ATM
+        v_m3 = jnp.maximum(y.volume, 1e-9) / 1000.0
+        n = u.agitation / 60.0
+        power = ves.gassed_power_factor * ves.impellers * ves.power_number * 1000.0 * n**3 * ves.impeller_diameter**5
+        pv = power / v_m3
+        area = jnp.pi * ves.tank_diameter**2 / 4.0
+        q_actual = u.aeration / 1000.0 / 3600.0 * (u.temperature + 273.15) / 273.15 * ATM / p_abs
+        us = q_actual / area
+        kla = 3600.0 * ves.kla_coefficient * (pv + 1e-9) ** ves.kla_power_exponent * (us + 1e-12) ** ves.kla_gas_exponent
+        kla = jnp.where(u.aeration > 0, kla, 0.0)
+        csat = oxygen_solubility_air(u.temperature) * p_abs / ATM * ves.oxygen_solubility_factor
+        psat = vapour_pressure_water(u.temperature)
+        evap = (u.aeration / MOLAR_VOLUME_NORMAL * psat / jnp.maximum(p_abs - psat, 1e-3)
+                * WATER_MOLAR_MASS / 1000.0 * ves.evaporation_saturation)
+        return kla, csat, pv, evap
+
+    def algebraic(self, y: ReactorState, u: Controls) -> tuple[Broth, Rates, Outputs, Float[Array, ""]]:
+        """Broth, rates, outputs and oxygen transfer rate (mmol/L/h) at one instant."""
+        kla, csat, pv, evap = self.transfer(y, u)
+        broth0 = self.broth(y, u, jnp.asarray(100.0))
+        our_max = self.kinetics.unlimited_rates(broth0).oxygen_uptake * broth0.biomass
+        K = self.kinetics.oxygen.K_O / 100.0
+        d = self.oxygen_balance.saturation_fraction(y, kla * csat, our_max, K)
+        broth = eqx.tree_at(lambda b: b.dissolved_oxygen, broth0, 100.0 * d)
+        rates = self.kinetics.rates(broth)
+        our = rates.oxygen_uptake * broth.biomass
+        otr = kla * csat * (1.0 - d)
+        out = Outputs(dissolved_oxygen=100.0 * d, oxygen_uptake_rate=our, kla=kla,
+                      oxygen_saturation=csat, oxygen_factor=self.kinetics.oxygen_factor(100.0 * d),
+                      growth_rate=rates.growth, production_rate=rates.production,
+                      substrate_uptake=rates.substrate_uptake, evaporation=evap, power_per_volume=pv)
+        return broth, rates, out, otr
+
+    def vector_field(self, t, y: ReactorState, recipe: Recipe) -> ReactorState:
+        """d(state)/dt at time `t` (h) under `recipe`."""
+        u = recipe.controls(t)
+        broth, r, out, otr = self.algebraic(y, u)
+        f = self.feeds
+        X = broth.biomass
+        V = jnp.maximum(y.volume, 1e-9)
+        draw = u.draw
+        f_in = u.substrate_feed + u.oil_feed + u.precursor_feed + u.water_feed
+        evap = out.evaporation
+        XV = X * V
+        s_cons = r.substrate_uptake * XV
+        p_form = r.production * XV
+        p_hyd = r.hydrolysis * broth.product * V
+        s_fed = u.substrate_feed * f.substrate_conc
+        oil_fed = u.oil_feed * f.oil_conc
+        prec_fed = u.precursor_feed * f.precursor_conc
+        drawn = lambda m: draw * jnp.maximum(m, 0.0) / V
+        ledger = Ledger(
+            substrate_fed=s_fed, substrate_consumed=s_cons, substrate_drawn=drawn(y.substrate),
+            product_formed=p_form, product_hydrolysed=p_hyd, product_drawn=drawn(y.product),
+            oil_fed=oil_fed, precursor_fed=prec_fed, volume_fed=f_in, volume_drawn=draw,
+            volume_evaporated=evap, oxygen_transferred=otr * V)
+        return ReactorState(
+            biomass=r.growth * XV - drawn(y.biomass),
+            substrate=s_fed - s_cons - drawn(y.substrate),
+            product=p_form - p_hyd - drawn(y.product),
+            volume=f_in - draw - evap,
+            dissolved_oxygen=self.oxygen_balance.derivative(otr, out.oxygen_uptake_rate, out.oxygen_saturation),
+            precursor=prec_fed - r.precursor_uptake * XV - drawn(y.precursor),
+            oil=oil_fed - r.oil_uptake * XV - drawn(y.oil),
+            ledger=ledger,
+        )
+
+    def outputs(self, t, y: ReactorState, recipe: Recipe) -> Outputs:
+        """Algebraic outputs (DO, OUR, kLa, specific rates, evaporation) at time `t`."""
+        return self.algebraic(y, recipe.controls(t))[2]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterInfo:
+    """One named model parameter: where it lives, its value, unit, range and meaning."""
+
+    name: str  # "kinetics.mu_max"
+    path: tuple[str, ...]  # attribute path from the model
+    value: float
+    unit: str
+    lower: float
+    upper: float
+    doc: str
+    module: str
+
+
+_SECTIONS = ("kinetics", "vessel", "feeds")
+
+
+def _walk(obj, path):
+    for f in dataclasses.fields(obj):
+        val = getattr(obj, f.name)
+        if "unit" in f.metadata:
+            yield path + (f.name,), f, val, type(obj).__name__
+        elif isinstance(val, eqx.Module):
+            yield from _walk(val, path + (f.name,))
+
+
+def parameter_table(model: FermentationModel) -> dict[str, ParameterInfo]:
+    """Every parameter of `model` by its public name, `section.field` (for example `kinetics.mu_max`).
+
+    Raises:
+        ParameterError: two parameters of one section share a field name (a model structure bug).
+    """
+    table: dict[str, ParameterInfo] = {}
+    for section in _SECTIONS:
+        for path, f, val, mod in _walk(getattr(model, section), (section,)):
+            name = f"{section}.{path[-1]}"
+            if name in table:
+                raise ParameterError("two parameters share one name", field=name,
+                                     value=[table[name].path, path])
+            md = f.metadata
+            try:
+                value = float(val)
+            except Exception:  # traced or batched values
+                value = float("nan")
+            table[name] = ParameterInfo(name, path, value, md["unit"], md["lower"], md["upper"], md["doc"], mod)
+    return table
+
+
+def _resolve(model, name: str, where=None) -> ParameterInfo:
+    table = parameter_table(model)
+    if name not in table:
+        # allow the bare field name when it is unique
+        matches = [k for k in table if k.split(".", 1)[1] == name]
+        if len(matches) == 1:
+            return table[matches[0]]
+        raise ParameterError("unknown parameter", where=where, field=name,
+                             hint=f"known: {', '.join(table)}")
+    return table[name]
+
+
+def get_parameter(model: FermentationModel, name: str):
+    """The value (array) of parameter `name`."""
+    info = _resolve(model, name)
+    obj = model
+    for p in info.path:
+        obj = getattr(obj, p)
+    return obj
+
+
+def set_parameters(model: FermentationModel, values: dict, *, where=None, check: bool = True) -> FermentationModel:
+    """A copy of `model` with parameters replaced (`{"kinetics.mu_max": 0.09, ...}`).
+
+    Values may be traced (inside jit or vmap); range checks run only on concrete values.
+
+    Raises:
+        ParameterError: unknown name, or a concrete value outside the parameter's physical range.
+    """
+    for name, value in values.items():
+        info = _resolve(model, name, where)
+        if check:
+            _check_range(info, value, where)
+
+        def get(m, path=info.path):
+            for p in path:
+                m = getattr(m, p)
+            return m
+
+        model = eqx.tree_at(get, model, jnp.asarray(value, dtype=float))
+    return model
+
+
+def _check_range(info: ParameterInfo, value, where=None) -> None:
+    try:
+        v = float(value)
+    except Exception:
+        return  # traced or batched: checked by the caller
+    if not (info.lower <= v <= info.upper) or v != v:
+        raise ParameterError(
+            f"out of its physical range [{info.lower:g}, {info.upper:g}] {info.unit} ({info.doc})",
+            where=where, field=info.name, value=v)
+
+
+def check_parameters(model: FermentationModel, *, where=None) -> None:
+    """Raise `ParameterError` for the first parameter outside its physical range."""
+    for info in parameter_table(model).values():
+        _check_range(info, info.value, where)
+    k = model.kinetics
+    t = getattr(k, "temperature", None)
+    if t is not None and not (float(t.T_min) < float(t.T_opt) < float(t.T_max)):
+        raise ParameterError("cardinal temperatures must satisfy T_min < T_opt < T_max", where=where,
+                             field="kinetics.T_opt", value=(float(t.T_min), float(t.T_opt), float(t.T_max)))
+    p = getattr(k, "ph", None)
+    if p is not None and not (float(p.pH_min) < float(p.pH_opt) < float(p.pH_max)):
+        raise ParameterError("cardinal pH values must satisfy pH_min < pH_opt < pH_max", where=where,
+                             field="kinetics.pH_opt", value=(float(p.pH_min), float(p.pH_opt), float(p.pH_max)))

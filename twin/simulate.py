@@ -1,0 +1,198 @@
+"""One pure entry point: `simulate(model, recipe, y0, t0, t1, ts=...)` on diffrax, float64.
+
+It is jit-compiled once per model *structure* (the classes and static fields of the model, the
+number of recipe phases and saved times); changing parameter or recipe values does not recompile.
+It is pure, so `jax.vmap` runs ensembles over parameter sets, recipes or initial states, and
+`jax.grad` differentiates through the solver (`RecursiveCheckpointAdjoint`).
+
+Solver choices are objects: `Adaptive()` (Tsit5 with a PID controller that stops at every recipe
+breakpoint) is the reference; `FixedGrid(dt)` is a fixed-step Tsit5 whose cost and gradients are
+predictable (for inference and optimisation; breakpoints must lie on the grid); `Adaptive.stiff()`
+is Kvaerno5 with a Newton root finder for the dynamic-DO model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+
+from ._custom_types import Array, Float
+from .errors import SolverError
+from .reactor import FermentationModel, Outputs
+from .recipe import Recipe
+from .state import Controls, ReactorState
+
+__all__ = ["Adaptive", "FixedGrid", "Trajectory", "simulate", "ensure_success"]
+
+
+class Adaptive(eqx.Module):
+    """Adaptive step size; stops exactly at every recipe breakpoint.
+
+    Args:
+        rtol, atol: tolerances (atol in the state's units: g, L, %).
+        solver: a diffrax solver (default Tsit5).
+        max_steps: step budget before the solve is declared failed.
+        dt0: first step, h.
+    """
+
+    rtol: float = 1e-7
+    atol: float = 1e-7
+    solver: dfx.AbstractSolver = dfx.Tsit5()
+    max_steps: int = eqx.field(static=True, default=20_000)
+    dt0: float = 0.01
+
+    @classmethod
+    def stiff(cls, rtol: float = 1e-6, atol: float = 1e-6, max_steps: int = 50_000) -> "Adaptive":
+        """Kvaerno5 with a Newton root finder (for `DynamicOxygen`)."""
+        root = optx.Newton(rtol=1e-8, atol=1e-8)
+        return cls(rtol=rtol, atol=atol, solver=dfx.Kvaerno5(root_finder=root), max_steps=max_steps,
+                   dt0=1e-4)
+
+
+class FixedGrid(eqx.Module):
+    """Fixed step `dt` (h); every recipe breakpoint must be a multiple of `dt` from `t0`.
+
+    Args:
+        dt: step, h (for example 0.25).
+        solver: a diffrax solver (default Tsit5).
+        max_horizon_h: longest simulated span this object supports (sets the step budget).
+    """
+
+    dt: float = 0.25
+    solver: dfx.AbstractSolver = dfx.Tsit5()
+    max_horizon_h: float = eqx.field(static=True, default=2000.0)
+
+
+class Trajectory(eqx.Module):
+    """A simulated batch at the saved times (leading axis `times` on every leaf).
+
+    Attributes:
+        ts: saved times, h.
+        states: `ReactorState` with amounts (g), volume (L) and the ledger.
+        outputs: algebraic outputs (DO, OUR, kLa, specific rates, evaporation).
+        controls: every manipulated variable at the saved times.
+        result: diffrax result code (0 = success).
+        num_steps: accepted solver steps.
+    """
+
+    ts: Float[Array, " times"]
+    states: ReactorState
+    outputs: Outputs
+    controls: Controls
+    result: dfx.RESULTS
+    num_steps: Array
+
+    def concentration(self, name: str) -> Float[Array, " times"]:
+        """Broth concentration (g/L) of `biomass`, `substrate`, `product`, `precursor` or `oil`."""
+        return getattr(self.states, name) / self.states.volume
+
+    @property
+    def total_product(self) -> Float[Array, " times"]:
+        """Product in the vessel plus product that left with draws, g."""
+        return self.states.product + self.states.ledger.product_drawn
+
+
+def _term(model: FermentationModel):
+    return dfx.ODETerm(lambda t, y, args: model.vector_field(t, y, args))
+
+
+@eqx.filter_jit
+def _solve(model, recipe, y0, t0, t1, ts, options):
+    term = _term(model)
+    if isinstance(options, FixedGrid):
+        controller = dfx.ConstantStepSize()
+        dt0 = options.dt
+        max_steps = int(math.ceil(options.max_horizon_h / options.dt)) + 2
+    else:
+        jumps = jnp.sort(jnp.concatenate([p.start for p in recipe.profiles.values()]))
+        controller = dfx.ClipStepSizeController(
+            dfx.PIDController(rtol=options.rtol, atol=options.atol), jump_ts=jumps)
+        dt0 = options.dt0
+        max_steps = options.max_steps
+    sol = dfx.diffeqsolve(
+        term, options.solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=recipe,
+        saveat=dfx.SaveAt(ts=ts), stepsize_controller=controller, max_steps=max_steps,
+        throw=False)
+    states = sol.ys
+    outputs = jax.vmap(model.outputs, in_axes=(0, 0, None))(sol.ts, states, recipe)
+    controls = jax.vmap(recipe.controls)(sol.ts)
+    return Trajectory(ts=sol.ts, states=states, outputs=outputs, controls=controls,
+                      result=sol.result, num_steps=sol.stats["num_accepted_steps"])
+
+
+def simulate(model: FermentationModel, recipe: Recipe, y0: ReactorState, t0, t1, *,
+             ts: Float[Array, " times"], options: Adaptive | FixedGrid = Adaptive(),
+             label: str = "batch") -> Trajectory:
+    r"""Integrate one fed-batch from `t0` to `t1` under `recipe` and save at `ts`.
+
+    Args:
+        model: the reactor and culture (`FermentationModel`).
+        recipe: every manipulated variable over time (`Recipe`).
+        y0: initial state (`ReactorState.initial(...)`, amounts in g).
+        t0, t1: start and end, h.
+        ts: times to save at, h, within `[t0, t1]`, shape `(times,)`.
+        options: `Adaptive()` (default) or `FixedGrid(dt)`.
+        label: name of the batch for error messages.
+
+    Returns:
+        A `Trajectory`.
+
+    Raises:
+        SolverError: (outside `jit`/`vmap` only) the solver failed or produced non-finite
+            values; the message names the batch and what to change. Inside a transformation
+            check `Trajectory.result` with `ensure_success`.
+
+    Example:
+        >>> traj = simulate(model, recipe, y0, 0.0, 230.0, ts=jnp.linspace(0, 230, 231))  # doctest: +SKIP
+        >>> ens = jax.vmap(lambda m: simulate(m, recipe, y0, 0.0, 230.0, ts=ts))(models)  # doctest: +SKIP
+    """
+    t0 = jnp.asarray(t0, dtype=float)
+    t1 = jnp.asarray(t1, dtype=float)
+    ts = jnp.asarray(ts, dtype=float)
+    if isinstance(options, FixedGrid) and not isinstance(t0, jax.core.Tracer):
+        _check_grid(recipe, float(t0), float(t1), options)
+    traj = _solve(model, recipe, y0, t0, t1, ts, options)
+    if not isinstance(traj.result._value, jax.core.Tracer):
+        ensure_success(traj, label=label)
+    return traj
+
+
+def _check_grid(recipe: Recipe, t0: float, t1: float, options: FixedGrid) -> None:
+    if t1 - t0 > options.max_horizon_h:
+        raise SolverError(f"FixedGrid(max_horizon_h={options.max_horizon_h}) is shorter than the "
+                          f"simulated span", field="t1", value=t1 - t0,
+                          hint="raise FixedGrid.max_horizon_h")
+    if not isinstance(recipe.profiles["temperature"].start, jax.core.Tracer):
+        jumps = recipe.jump_times(t0, t1)
+        off = np.abs((jumps - t0) / options.dt - np.round((jumps - t0) / options.dt)) > 1e-9
+        if off.any():
+            raise SolverError(
+                f"recipe breakpoints must lie on the FixedGrid(dt={options.dt}) grid", field="recipe",
+                value=jumps[off][:5].tolist(), hint="choose dt that divides every phase start, or use Adaptive()")
+
+
+def ensure_success(traj: Trajectory, *, label: str = "batch") -> Trajectory:
+    """Raise `SolverError` if any member of a (possibly vmapped) trajectory failed or is non-finite."""
+    result = np.atleast_1d(np.asarray(traj.result._value))
+    finite = np.isfinite(np.asarray(traj.states.volume)).reshape(result.shape + (-1,)).all(axis=-1)
+    for leaf in jax.tree_util.tree_leaves(traj.states):
+        finite &= np.isfinite(np.asarray(leaf)).reshape(result.shape + (-1,)).all(axis=-1)
+    bad = np.flatnonzero((result != 0) | ~finite)
+    if bad.size:
+        i = int(bad[0])
+        which = label if result.size == 1 else f"{label} (ensemble member {i} of {result.size})"
+        code = int(result[i])
+        reason = ("the solver hit its step budget (max_steps) or a step size became too small"
+                  if code != 0 else "the state became NaN or infinite")
+        raise SolverError(
+            f"the ODE solver failed for {which}: {reason}",
+            hint="Check that the recipe does not empty the vessel (draws larger than feeds) and "
+                 "that parameters are physical; or raise Adaptive(max_steps=...), loosen "
+                 "Adaptive(rtol, atol), or use FixedGrid(dt=0.1)")
+    return traj
