@@ -45,8 +45,7 @@ class VariableInfo:
 
     def __post_init__(self):
         if not self.column:
-            suffix = {"g/L": "g_L", "L": "L", "%": "pct", "degC": "degC", "-": "", "L/h": "L_h",
-                      "vvm": "vvm", "rpm": "rpm", "bar": "bar", "g": "g", "mmol/L": "mmol_L", "mmol": "mmol"}[self.unit]
+            suffix = {"%": "pct", "-": ""}.get(self.unit, self.unit.replace("/", "_"))
             object.__setattr__(self, "column", f"{self.name}_{suffix}" if suffix else self.name)
 
 
