@@ -1,0 +1,173 @@
+"""Every figure of the product (matplotlib, Agg backend, written atomically as PNG)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+__all__ = ["plot_simulation", "plot_history", "save"]
+
+_STATE_PANELS = (
+    ("biomass", "Biomass X", "g/L"),
+    ("substrate", "Sugar S", "g/L"),
+    ("product", "Product titer P", "g/L"),
+    ("volume", "Broth volume V", "m3"),
+    ("dissolved_oxygen", "Dissolved oxygen", "% air sat."),
+    ("precursor", "Precursor / oil", "g/L"),
+)
+
+
+def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save `fig` to `path` atomically and close it."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def _series(traj, name):
+    ts = np.asarray(traj.ts)
+    if name == "volume":
+        return ts, np.asarray(traj.states.volume) / 1000.0
+    if name == "dissolved_oxygen":
+        return ts, np.asarray(traj.outputs.dissolved_oxygen)
+    return ts, np.asarray(traj.concentration(name))
+
+
+def plot_simulation(traj, *, title: str, path: str | os.PathLike, ensemble=None,
+                    working_volume_L: float | None = None) -> Path:
+    """States over time with the recipe beneath.
+
+    Args:
+        traj: a `twin.simulate.Trajectory` (the central line).
+        title: figure title.
+        path: PNG to write.
+        ensemble: optional vmapped `Trajectory` (posterior draws); drawn as 50 % and 90 % bands.
+        working_volume_L: drawn as a limit line on the volume panel.
+    """
+    fig = plt.figure(figsize=(12, 12))
+    gs = fig.add_gridspec(5, 2, height_ratios=[1, 1, 1, 0.8, 0.8], hspace=0.42, wspace=0.38)
+    axes = []
+    for k, (name, label, unit) in enumerate(_STATE_PANELS):
+        ax = fig.add_subplot(gs[k // 2, k % 2], sharex=axes[0] if axes else None)
+        axes.append(ax)
+        ts, y = _series(traj, name)
+        if ensemble is not None:
+            _, ys = _series(ensemble, name)
+            ys = ys.reshape(-1, ts.size)
+            for lo, hi, a in ((5, 95, 0.18), (25, 75, 0.3)):
+                ax.fill_between(ts, np.percentile(ys, lo, axis=0), np.percentile(ys, hi, axis=0),
+                                color="C0", alpha=a, lw=0, label=f"{hi - lo}% band" if k == 0 else None)
+        ax.plot(ts, y, color="C0", lw=1.8, label="median" if ensemble is not None and k == 0 else None)
+        if name == "precursor":
+            oil = np.asarray(traj.concentration("oil"))
+            if np.any(oil > 0):
+                ax.plot(ts, oil, color="C5", lw=1.5, label="oil")
+                ax.plot([], [], color="C0", label="precursor")
+                ax.legend(loc="upper left", fontsize=8)
+            else:
+                label = "Precursor"
+        if name == "volume" and working_volume_L:
+            ax.axhline(working_volume_L / 1000.0, color="k", ls=":", lw=1, label="working volume")
+            ax.legend(loc="lower right", fontsize=8)
+        if name == "product":
+            total = float(np.asarray(traj.total_product)[-1]) / 1000.0
+            ax.text(0.02, 0.95, f"total product {total:.4g} kg\n(vessel + drawn)", transform=ax.transAxes,
+                    va="top", fontsize=8, color="C3")
+        ax.set_title(label, fontsize=10)
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    if ensemble is not None:
+        axes[0].legend(loc="upper left", fontsize=8)
+    c = traj.controls
+    ts = np.asarray(traj.ts)
+    ax = fig.add_subplot(gs[3, 0], sharex=axes[0])
+    for name, label, col in (("substrate_feed", "sugar feed", "C1"), ("oil_feed", "oil feed", "C5"),
+                             ("precursor_feed", "precursor feed", "C4"), ("water_feed", "water", "C9")):
+        v = np.asarray(getattr(c, name))
+        if np.any(v > 0):
+            ax.step(ts, v, where="post", color=col, label=label)
+    ax.set_title("Recipe: feeds", fontsize=10)
+    ax.set_ylabel("L/h")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    draw = np.asarray(c.draw)
+    if np.any(draw > 0):
+        ax_d = ax.twinx()
+        ax_d.fill_between(ts, 0, draw, step="post", color="k", alpha=0.15)
+        ax_d.set_ylabel("draw, L/h (grey)", fontsize=8)
+    ax = fig.add_subplot(gs[3, 1], sharex=axes[0])
+    ax.step(ts, np.asarray(c.temperature), where="post", color="C3", label="temperature, degC")
+    ax.set_ylabel("degC", color="C3")
+    ax_p = ax.twinx()
+    ax_p.step(ts, np.asarray(c.pH), where="post", color="C2", label="pH")
+    ax_p.set_ylabel("pH", color="C2")
+    ax.set_title("Recipe: temperature and pH", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(gs[4, 0], sharex=axes[0])
+    ax.step(ts, np.asarray(c.aeration) / 6e4, where="post", color="C0", label="aeration, m3/min")
+    ax.set_ylabel("aeration, m3/min", color="C0")
+    ax_b = ax.twinx()
+    ax_b.step(ts, np.asarray(c.back_pressure), where="post", color="C7")
+    ax_b.set_ylabel("back pressure, bar", color="C7")
+    ax.set_title("Recipe: aeration and back pressure", fontsize=10)
+    ax.set_xlabel("time, h")
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(gs[4, 1], sharex=axes[0])
+    ax.plot(ts, np.asarray(traj.outputs.oxygen_uptake_rate), color="C0", label="OUR, mmol/L/h")
+    ax.plot(ts, np.asarray(traj.outputs.kla) / 10.0, color="C1", label="kLa / 10, 1/h")
+    ax.set_title("Oxygen uptake and transfer", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_xlabel("time, h")
+    ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=13, y=0.925 if "\n" not in title else 0.94)
+    return save(fig, path)
+
+
+def plot_history(batch_set, *, title: str, path: str | os.PathLike,
+                 variables=("product", "biomass", "substrate", "volume", "dissolved_oxygen", "substrate_feed")) -> Path:
+    """Every batch of a `twin.data.BatchSet`: one panel per variable, one line per batch."""
+    n = len(variables)
+    ncol = 3
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False, sharex=True)
+    cmap = plt.get_cmap("viridis")
+    records = list(batch_set)
+    for i, var in enumerate(variables):
+        ax = axes[i // ncol][i % ncol]
+        for j, rec in enumerate(records):
+            if var not in rec.variables():
+                continue
+            t, v = rec.series(var)
+            scale = 1e-3 if var == "volume" else 1.0
+            style = dict(marker="o", ms=3, lw=0.8) if len(t) < 60 else dict(lw=0.8)
+            ax.plot(t, v * scale, color=cmap(j / max(len(records) - 1, 1)), alpha=0.85, **style,
+                    label=rec.batch if i == 0 else None)
+        unit = "m3" if var == "volume" else _unit_of(var)
+        ax.set_title(f"{var.replace('_', ' ')} ({unit})", fontsize=10)
+        ax.grid(alpha=0.3)
+    for j in range(n, nrow * ncol):
+        axes[j // ncol][j % ncol].axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("time, h")
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _unit_of(var: str) -> str:
+    try:
+        from .data import MEASURED_VARIABLES
+
+        return MEASURED_VARIABLES[var].unit
+    except Exception:
+        return ""

@@ -1,0 +1,96 @@
+"""Tables and summaries of simulated batches: trajectories.csv and the headline figures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, atomic_write_text
+from .state import CONTROL_VARIABLES, LEDGER_VARIABLES, STATE_VARIABLES
+
+__all__ = ["trajectory_frame", "write_trajectories", "summarize", "write_json"]
+
+_OUTPUT_COLUMNS = {
+    "oxygen_uptake_rate": "oxygen_uptake_rate_mmol_L_h",
+    "kla": "kla_1_h",
+    "oxygen_saturation": "oxygen_saturation_mmol_L",
+    "growth_rate": "growth_rate_1_h",
+    "production_rate": "specific_production_rate_g_g_h",
+    "substrate_uptake": "specific_substrate_uptake_g_g_h",
+    "evaporation": "evaporation_L_h",
+    "power_per_volume": "power_per_volume_W_m3",
+}
+
+
+def trajectory_frame(traj) -> pd.DataFrame:
+    """One row per saved time: `time_h`, every state (concentrations in g/L), every control,
+    the algebraic outputs and the cumulative ledger; units are in the column names."""
+    cols: dict[str, np.ndarray] = {"time_h": np.asarray(traj.ts)}
+    for name, info in STATE_VARIABLES.items():
+        if name == "volume":
+            v = np.asarray(traj.states.volume)
+        elif name == "dissolved_oxygen":
+            v = np.asarray(traj.outputs.dissolved_oxygen)
+        else:
+            v = np.asarray(traj.concentration(name))
+        cols[info.column] = v
+    cols["total_product_g"] = np.asarray(traj.total_product)
+    for name, info in CONTROL_VARIABLES.items():
+        cols[info.column] = np.asarray(getattr(traj.controls, name))
+    for name, col in _OUTPUT_COLUMNS.items():
+        cols[col] = np.asarray(getattr(traj.outputs, name))
+    for name, info in LEDGER_VARIABLES.items():
+        cols[info.column] = np.asarray(getattr(traj.states.ledger, name))
+    return pd.DataFrame(cols)
+
+
+def write_trajectories(traj, path: str | os.PathLike) -> Path:
+    """Write `trajectory_frame(traj)` as CSV atomically."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        trajectory_frame(traj).to_csv(tmp, index=False, float_format="%.10g")
+    return Path(path)
+
+
+def summarize(traj, *, working_volume_L: float | None = None) -> dict[str, float]:
+    """Headline figures of one simulated batch (SI-ish units stated in the keys)."""
+    s = traj.states
+    L = s.ledger
+    out = {
+        "duration_h": float(traj.ts[-1] - traj.ts[0]),
+        "final_titer_g_L": float(traj.concentration("product")[-1]),
+        "total_product_kg": float(traj.total_product[-1]) / 1000.0,
+        "product_in_vessel_kg": float(s.product[-1]) / 1000.0,
+        "product_drawn_kg": float(L.product_drawn[-1]) / 1000.0,
+        "substrate_fed_kg": float(L.substrate_fed[-1]) / 1000.0,
+        "oil_fed_kg": float(L.oil_fed[-1]) / 1000.0,
+        "precursor_fed_kg": float(L.precursor_fed[-1]) / 1000.0,
+        "final_volume_m3": float(s.volume[-1]) / 1000.0,
+        "peak_volume_m3": float(np.max(np.asarray(s.volume))) / 1000.0,
+        "volume_evaporated_m3": float(L.volume_evaporated[-1]) / 1000.0,
+        "final_biomass_g_L": float(traj.concentration("biomass")[-1]),
+        "min_dissolved_oxygen_pct": float(np.min(np.asarray(traj.outputs.dissolved_oxygen))),
+        "peak_oxygen_uptake_mmol_L_h": float(np.max(np.asarray(traj.outputs.oxygen_uptake_rate))),
+        "solver_steps": int(np.asarray(traj.num_steps)),
+    }
+    sub = out["substrate_fed_kg"] + float(traj.states.substrate[0]) / 1000.0
+    out["product_yield_on_sugar_g_g"] = out["total_product_kg"] / sub if sub > 0 else float("nan")
+    if working_volume_L:
+        out["working_volume_m3"] = working_volume_L / 1000.0
+    return out
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Write `obj` as indented JSON atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+def _default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
