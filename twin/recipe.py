@@ -318,3 +318,38 @@ def sample(recipe: Recipe, variable: str, times) -> np.ndarray:
 
 
 __all__ += ["recipe_from_phases", "sample", "TwinError"]
+
+
+def pad_profile(profile: Profile, n_phases: int) -> Profile:
+    """The same profile with `n_phases` phases: extra phases of 1 h each are added *after* its end,
+    holding the last value, so they never act inside the profile's span."""
+    n = profile.n_phases
+    if n_phases < n:
+        raise RecipeError("cannot pad a profile to fewer phases than it has", value=(n, n_phases))
+    if n_phases == n:
+        return profile
+    k = n_phases - n
+    extra_t = profile.end + jnp.arange(k, dtype=float)
+    last = profile.value_end[-1] * jnp.ones(k)
+    return Profile(jnp.concatenate([profile.start, extra_t]), profile.end + k,
+                   jnp.concatenate([profile.value, last]), jnp.concatenate([profile.value_end, last]))
+
+
+def stack_recipes(recipes: list[Recipe]) -> Recipe:
+    """Stack recipes into one batched `Recipe` (leading axis = recipe) for `jax.vmap`.
+
+    Profiles with fewer phases are padded after their end (`pad_profile`), which changes nothing
+    within each recipe's span.
+    """
+    import jax
+
+    if not recipes:
+        raise RecipeError("no recipes to stack")
+    padded = []
+    n = {v: max(r.profiles[v].n_phases for r in recipes) for v in CONTROL_VARIABLES}
+    for r in recipes:
+        padded.append(Recipe({v: pad_profile(r.profiles[v], n[v]) for v in CONTROL_VARIABLES}))
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *padded)
+
+
+__all__ += ["pad_profile", "stack_recipes"]
