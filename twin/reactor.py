@@ -1,4 +1,4 @@
-"""The fed-batch reactor: mass and volume balances, oxygen transfer, evaporation, draws.
+r"""The fed-batch reactor: mass and volume balances, oxygen transfer, evaporation, draws.
 
 The state integrates *amounts* (g) and the volume (L), so every material balance is a linear
 invariant of the vector field, which every Runge-Kutta solver preserves to round-off:
