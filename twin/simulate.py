@@ -105,12 +105,18 @@ def _term(model: FermentationModel):
 @eqx.filter_jit
 def _solve(model, recipe, y0, t0, t1, ts, options):
     term = _term(model)
+    jumps = jnp.sort(jnp.concatenate([p.start for p in recipe.profiles.values()]))
     if isinstance(options, FixedGrid):
-        controller = dfx.ConstantStepSize()
+        # Every step is dt (dtmin = dtmax = dt, tolerances that never reject). The controller
+        # is adaptive only so that ClipStepSizeController can end a step just before each
+        # recipe breakpoint: with ConstantStepSize, Tsit5's stage at the end of a step (weight
+        # 2.32) saw the next phase's controls, so each jump in a feed was integrated wrongly.
+        controller = dfx.ClipStepSizeController(
+            dfx.PIDController(rtol=1e10, atol=1e10, dtmin=options.dt, dtmax=options.dt,
+                              force_dtmin=True), jump_ts=jumps)
         dt0 = options.dt
-        max_steps = int(math.ceil(options.max_horizon_h / options.dt)) + 2
+        max_steps = int(math.ceil(options.max_horizon_h / options.dt)) + 2 + jumps.shape[0]
     else:
-        jumps = jnp.sort(jnp.concatenate([p.start for p in recipe.profiles.values()]))
         controller = dfx.ClipStepSizeController(
             dfx.PIDController(rtol=options.rtol, atol=options.atol), jump_ts=jumps)
         dt0 = options.dt0
