@@ -184,18 +184,26 @@ def _check_grid(recipe: Recipe, t0: float, t1: float, options: FixedGrid) -> Non
 
 
 def ensure_success(traj: Trajectory, *, label: str = "batch") -> Trajectory:
-    """Raise `SolverError` if any member of a (possibly vmapped) trajectory failed or is non-finite."""
+    """Raise `SolverError` if any member of a (possibly vmapped) trajectory failed, is non-finite
+    or ran its vessel empty (volume <= 0 at a saved time)."""
     result = np.atleast_1d(np.asarray(traj.result._value))
     finite = np.isfinite(np.asarray(traj.states.volume)).reshape(result.shape + (-1,)).all(axis=-1)
     for leaf in jax.tree_util.tree_leaves(traj.states):
         finite &= np.isfinite(np.asarray(leaf)).reshape(result.shape + (-1,)).all(axis=-1)
-    bad = np.flatnonzero((result != 0) | ~finite)
+    volume = np.asarray(traj.states.volume).reshape(result.shape + (-1,))
+    empty = (volume <= 0).any(axis=-1)  # a fixed-step solve runs on past an empty vessel
+    bad = np.flatnonzero((result != 0) | ~finite | empty)
     if bad.size:
         i = int(bad[0])
         which = label if result.size == 1 else f"{label} (ensemble member {i} of {result.size})"
         code = int(result[i])
-        reason = ("the solver hit its step budget (max_steps) or a step size became too small"
-                  if code != 0 else "the state became NaN or infinite")
+        if code != 0:
+            reason = "the solver hit its step budget (max_steps) or a step size became too small"
+        elif not finite[i]:
+            reason = "the state became NaN or infinite"
+        else:
+            t_empty = np.asarray(traj.ts).reshape(volume.shape)[i][np.argmax(volume[i] <= 0)]
+            reason = f"the vessel ran empty (broth volume <= 0 at t = {t_empty:g} h)"
         raise SolverError(
             f"the ODE solver failed for {which}: {reason}",
             hint="Check that the recipe does not empty the vessel (draws larger than feeds) and "
