@@ -150,6 +150,51 @@ def demo(
         console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; figures in {figures}")
 
 
+@app.command()
+def calibrate(
+    strain: Path = typer.Argument(..., help="strain TOML, e.g. calibration/strains/penicillin_indpensim.toml"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    method: Optional[str] = typer.Option(None, "--method", help="nuts (default in the strain file) or svi"),
+    chains: Optional[int] = typer.Option(None, "--chains", help="NUTS chains (one process each)"),
+    warmup: Optional[int] = typer.Option(None, "--warmup"),
+    samples: Optional[int] = typer.Option(None, "--samples"),
+    svi_steps: Optional[int] = typer.Option(None, "--svi-steps"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+) -> None:
+    """Calibrate a strain: posterior.nc, summary.csv, fit.png, parameters.png, diagnostics.json."""
+    # The CLI is the application shell: it may use `calibration`; twin's library modules never do.
+    from calibration.run import run_calibration
+
+    with _user_errors():
+        if method is not None and method not in ("nuts", "svi"):
+            raise TwinError("must be nuts or svi", field="--method", value=method)
+        with _progress() as prog:
+            task = prog.add_task("calibrating", total=None)
+
+            def cb(stage, done, total):
+                prog.update(task, description=stage, completed=done, total=total)
+
+            result, diag = run_calibration(strain, out, method=method, progress=cb, chains=chains,
+                                           warmup=warmup, samples=samples, svi_steps=svi_steps, seed=seed)
+        from calibration.diagnostics import summary_table
+
+        table = summary_table(result.idata, diag)
+        t = Table(title=f"{result.spec.name}: {result.method.upper()} on {result.data.n_batches} batches "
+                        f"in {result.wall_s:.0f} s", header_style="bold")
+        for c in ("parameter", "unit", "mean", "5%", "50%", "95%", "r-hat", "ESS"):
+            t.add_column(c, justify="right")
+        for _, r in table.iterrows():
+            t.add_row(r["parameter"], r["unit"], f"{r['mean']:.4g}", f"{r['q05']:.4g}", f"{r['q50']:.4g}",
+                      f"{r['q95']:.4g}", f"{r['r_hat']:.3f}", f"{r['ess_bulk']:.0f}")
+        console.print(t)
+        console.print(f"wrote {out}/posterior.nc, summary.csv, fit.png, parameters.png, diagnostics.json")
+        if not diag["ok"]:
+            err.print("[red]calibration FAILED its diagnostics:[/red] " + "; ".join(diag["problems"]))
+            for a in diag["advice"]:
+                err.print(f"  - {a}")
+            raise typer.Exit(3)
+
+
 def _demo_history(out: Path, figures: Path) -> None:
     from .plants import demo_history_dir
 

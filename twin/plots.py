@@ -171,3 +171,78 @@ def _unit_of(var: str) -> str:
         return MEASURED_VARIABLES[var].unit
     except Exception:
         return ""
+
+
+def plot_fit(grid, predictive: dict, observations: dict, batches, *, title: str,
+             path: str | os.PathLike, units: dict | None = None) -> Path:
+    """Every batch (rows) and measured variable (columns): data points over the posterior
+    predictive median with 50 % and 90 % bands.
+
+    Args:
+        grid: (G,) times, h.
+        predictive: `{variable: (draws, batches, G)}`.
+        observations: `{variable: (times (B, N), values (B, N), mask (B, N))}`.
+        batches: batch ids (B,).
+    """
+    variables = list(predictive)
+    B = len(batches)
+    fig, axes = plt.subplots(B, len(variables), figsize=(3.3 * len(variables), 1.9 * B + 0.8),
+                             squeeze=False, sharex=True)
+    g = np.asarray(grid)
+    for j, var in enumerate(variables):
+        p = np.asarray(predictive[var])
+        scale = 1e-3 if var == "volume" else 1.0
+        for i in range(B):
+            ax = axes[i][j]
+            q = np.percentile(p[:, i, :], [5, 25, 50, 75, 95], axis=0) * scale
+            ax.fill_between(g, q[0], q[4], color="C0", alpha=0.18, lw=0)
+            ax.fill_between(g, q[1], q[3], color="C0", alpha=0.35, lw=0)
+            ax.plot(g, q[2], color="C0", lw=1.2)
+            if var in observations:
+                t, y, m = (np.asarray(a) for a in observations[var])
+                ax.plot(t[i][m[i]], y[i][m[i]] * scale, "o", ms=2.5, color="k")
+            if i == 0:
+                unit = "m3" if var == "volume" else (units or {}).get(var, "")
+                ax.set_title(f"{var.replace('_', ' ')} ({unit})", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(str(batches[i]), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("time, h", fontsize=8)
+    fig.suptitle(title + "\nblack: data; blue: posterior predictive median, 50 % and 90 % bands", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path, dpi=90)
+
+
+def plot_parameters(names, units, prior_median, prior_log_sd, posterior: dict, *, title: str,
+                    path: str | os.PathLike, truth: dict | None = None) -> Path:
+    """Prior (grey) vs posterior (blue) density of each parameter on a log axis."""
+    n = len(names)
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
+    for k, name in enumerate(names):
+        ax = axes[k // ncol][k % ncol]
+        x = np.asarray(posterior[name]).ravel()
+        lo = min(np.log(prior_median[k]) - 3 * prior_log_sd[k], np.log(x.min()))
+        hi = max(np.log(prior_median[k]) + 3 * prior_log_sd[k], np.log(x.max()))
+        z = np.linspace(lo, hi, 400)
+        prior = np.exp(-0.5 * ((z - np.log(prior_median[k])) / prior_log_sd[k]) ** 2)
+        ax.fill_between(np.exp(z), 0, prior / prior.max(), color="0.6", alpha=0.4, label="prior")
+        hist, edges = np.histogram(np.log(x), bins=40, range=(lo, hi))
+        centres = np.exp(0.5 * (edges[1:] + edges[:-1]))
+        ax.plot(centres, hist / max(hist.max(), 1), color="C0", lw=1.5, label="posterior")
+        if truth and name in truth:
+            ax.axvline(truth[name], color="C3", ls="--", lw=1.2, label="truth")
+        ax.set_xscale("log")
+        ax.set_yticks([])
+        ax.set_title(f"{name} ({units[k]})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=7)
+    for k in range(n, nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path, dpi=100)

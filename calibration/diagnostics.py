@@ -1,0 +1,162 @@
+"""Diagnostics that fail loudly, posterior summaries and posterior-predictive draws."""
+
+from __future__ import annotations
+
+import json
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .model import CalibrationData, _scale_y0, batch_parameters, observe, simulate_batches
+from .spec import StrainSpec
+
+__all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "ADVICE"]
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+
+ADVICE = {
+    "divergences": "divergent transitions: raise [inference] target_accept (0.9-0.95), tighten "
+                   "priors of weakly identified parameters, or reparametrise",
+    "rhat": f"r-hat above {RHAT_MAX}: chains disagree; run more warmup and samples, or more chains",
+    "ess": f"bulk ESS below {ESS_MIN}: run more samples (or chains)",
+}
+
+
+def _params(idata) -> list[str]:
+    return json.loads(idata.attrs["parameters"]) if "parameters" in idata.attrs else {}
+
+
+def check(idata: az.InferenceData) -> dict:
+    """r-hat, ESS and divergences of the fitted parameters; `ok` is False with reasons if any fail.
+
+    SVI posteriors have no chains: only `method == "svi"` and a note are reported.
+    """
+    names = list(_params(idata))
+    post = idata.posterior
+    method = idata.attrs.get("method", "nuts")
+    out = {"method": method, "parameters": names, "problems": [], "advice": []}
+    div = int(np.asarray(idata.sample_stats["diverging"]).sum()) if "sample_stats" in idata.groups() else 0
+    out["divergences"] = div
+    if method == "svi":
+        out["ok"] = True
+        out["note"] = "SVI: variational approximation; r-hat/ESS do not apply; uncertainty may be too narrow"
+        return out
+    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(("tau_", "sd_", "cv_"))]
+    rhat = az.rhat(post[vars_])
+    ess = az.ess(post[vars_], method="bulk")
+    rh = {v: float(np.nanmax(np.asarray(rhat[v]))) for v in vars_}
+    es = {v: float(np.nanmin(np.asarray(ess[v]))) for v in vars_}
+    out["rhat_max"] = max(rh.values())
+    out["ess_bulk_min"] = min(es.values())
+    out["rhat"] = rh
+    out["ess_bulk"] = es
+    if div > 0:
+        out["problems"].append(f"{div} divergent transitions")
+        out["advice"].append(ADVICE["divergences"])
+    if post.sizes.get("chain", 1) > 1 and out["rhat_max"] > RHAT_MAX:
+        worst = max(rh, key=rh.get)
+        out["problems"].append(f"r-hat {out['rhat_max']:.3f} > {RHAT_MAX} ({worst})")
+        out["advice"].append(ADVICE["rhat"])
+    if out["ess_bulk_min"] < ESS_MIN:
+        worst = min(es, key=es.get)
+        out["problems"].append(f"bulk ESS {out['ess_bulk_min']:.0f} < {ESS_MIN} ({worst})")
+        out["advice"].append(ADVICE["ess"])
+    out["ok"] = not out["problems"]
+    return out
+
+
+def summary_table(idata: az.InferenceData, diag: dict | None = None) -> pd.DataFrame:
+    """One row per fitted parameter: unit, prior, posterior mean and 5/50/95 % quantiles, r-hat, ESS."""
+    params = _params(idata)
+    rows = []
+    for key, info in params.items():
+        x = np.asarray(idata.posterior[key]).ravel()
+        lo_p = info["prior_median"] * np.exp(-1.645 * info["prior_log_sd"])
+        hi_p = info["prior_median"] * np.exp(1.645 * info["prior_log_sd"])
+        rows.append({
+            "parameter": info["name"], "unit": info["unit"],
+            "prior": f"lognormal(median={info['prior_median']:.4g}, log_sd={info['prior_log_sd']:.3g}); 90% [{lo_p:.4g}, {hi_p:.4g}]",
+            "mean": x.mean(), "q05": np.quantile(x, 0.05), "q50": np.quantile(x, 0.5), "q95": np.quantile(x, 0.95),
+            "r_hat": (diag or {}).get("rhat", {}).get(key, np.nan),
+            "ess_bulk": (diag or {}).get("ess_bulk", {}).get(key, np.nan),
+        })
+    return pd.DataFrame(rows)
+
+
+def flat_draws(idata: az.InferenceData, n: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Posterior draws with chains merged: `{site: (draws, ...)}`, optionally `n` of them at random."""
+    post = idata.posterior
+    out = {}
+    total = post.sizes["chain"] * post.sizes["draw"]
+    idx = np.arange(total) if n is None or n >= total else np.sort(
+        np.random.default_rng(seed).choice(total, n, replace=False))
+    for k in post.data_vars:
+        a = np.asarray(post[k])
+        out[k] = a.reshape((total,) + a.shape[2:])[idx]
+    return out
+
+
+def batch_draws(spec: StrainSpec, draws: dict, n_batches: int, *, new_batches: bool = False,
+                key=None) -> tuple[dict, dict]:
+    """Per-draw, per-batch parameters `{name: (D, B)}` and initial-state factors `{state: (D, B)}`.
+
+    With `new_batches=True` the batch effects and initial-state deviations are drawn afresh
+    from the population (prediction for batches the posterior has not seen).
+    """
+    D = next(iter(draws.values())).shape[0]
+    key = jax.random.PRNGKey(0) if key is None else key
+    log_global = {p.key: jnp.log(p.median) + p.log_sd * jnp.asarray(draws[f"z_{p.key}"]) for p in spec.priors}
+    eps, tau = {}, {}
+    for k in spec.batch_effects:
+        tau[k] = jnp.asarray(draws[f"tau_{k}"])
+        if new_batches:
+            key, sub = jax.random.split(key)
+            eps[k] = jax.random.normal(sub, (D, n_batches))
+        else:
+            eps[k] = jnp.asarray(draws[f"eps_{k}"])
+    params = jax.vmap(lambda lg, e, t: batch_parameters(spec, lg, e, t, n_batches))(log_global, eps, tau)
+    factors = {}
+    for name, s in spec.initial.items():
+        if new_batches:
+            key, sub = jax.random.split(key)
+            eta = jax.random.normal(sub, (D, n_batches))
+        else:
+            eta = jnp.asarray(draws[f"eta0_{name}"])
+        factors[name] = jnp.exp(s * eta)
+    return params, factors
+
+
+def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batches: bool = False,
+               noise: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+    """Posterior-predictive observations on the data grid: `{variable: (D, B, G)}`.
+
+    With `noise=True` each draw's measurement noise is added (what a new measurement would read).
+    """
+    dt = float(spec.inference["dt"])
+    params, factors = batch_draws(spec, draws, data.n_batches, new_batches=new_batches,
+                                  key=jax.random.PRNGKey(seed))
+    model = spec.scenario.model
+
+    @jax.jit
+    def one(p, f):
+        y0 = _scale_y0(data.y0, f)
+        traj = simulate_batches(model, data, p, y0, dt)
+        return {v: observe(traj, v) for v in data.variables}
+
+    preds = jax.lax.map(lambda pf: one(*pf), (params, factors))
+    out = {}
+    rng = np.random.default_rng(seed)
+    for o in spec.observations:
+        if o.variable not in preds:
+            continue
+        m = np.asarray(preds[o.variable])
+        if noise:
+            a = np.asarray(draws.get(f"sd_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
+            c = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
+            m = m + rng.normal(size=m.shape) * np.sqrt(a**2 + (c * m) ** 2)
+        out[o.variable] = m
+    return out

@@ -1,0 +1,281 @@
+"""Inference: NUTS (default, one chain per process) or SVI; the posterior as an ArviZ NetCDF file.
+
+The posterior file records the model structure hash, the parameter names and units, the strain,
+hashes of the data it saw and the package version; `load_posterior` refuses a file whose model
+structure differs from the model it is loaded against.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_median, init_to_value
+from numpyro.infer.autoguide import AutoMultivariateNormal
+
+import twin
+from twin.data import BatchSet, load_batch_dir
+from twin.errors import TwinError
+from twin.io import atomic_path
+from twin.recipe import Recipe, read_recipe_csv
+
+from .model import CalibrationData, build_data, calibration_model, structure_hash
+from .spec import StrainSpec, load_strain
+
+__all__ = ["CalibrationResult", "load_history", "calibrate", "save_posterior", "load_posterior",
+           "PosteriorError", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+class PosteriorError(TwinError):
+    """A posterior file that cannot be used with this model."""
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    spec: StrainSpec
+    data: CalibrationData
+    idata: az.InferenceData
+    method: str
+    wall_s: float
+
+
+def load_history(spec: StrainSpec) -> tuple[BatchSet, dict[str, Recipe]]:
+    """The strain's batches (minus hold-outs) and each batch's recipe."""
+    if spec.data_dir is None:
+        from .synthetic import make_synthetic
+
+        hist = make_synthetic(spec)
+        return hist.batch_set, hist.recipes
+    bs = load_batch_dir(spec.data_dir)
+    bs = bs.select([b for b in bs.batch_ids if b not in spec.holdout])
+    recipes = {}
+    sc = spec.scenario
+    for b in bs.batch_ids:
+        f = spec.data_dir / "recipes" / f"{b}.csv"
+        if f.is_file():
+            recipes[b] = read_recipe_csv(f, defaults=sc.control_defaults, span=(0.0, sc.duration_h))
+        else:
+            recipes[b] = sc.recipe
+    return bs, recipes
+
+
+def _model_fn(spec: StrainSpec, data: CalibrationData):
+    dt = float(spec.inference["dt"])
+    model = spec.scenario.model
+
+    def fn():
+        calibration_model(spec, model, data, dt=dt)
+
+    return fn
+
+
+def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None):
+    fn = _model_fn(spec, data)
+    guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
+    import optax
+
+    svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.02, steps, 0.1)), Trace_ELBO())
+    state = svi.init(jax.random.PRNGKey(seed))
+    update = jax.jit(svi.update)
+    losses = []
+    chunk = max(steps // 50, 1)
+    for i in range(steps):
+        state, loss = update(state)
+        losses.append(float(loss))
+        if progress and (i + 1) % chunk == 0:
+            progress(i + 1, steps)
+        if not np.isfinite(losses[-1]):
+            raise TwinError("SVI diverged (loss is not finite)", field="inference.svi_steps",
+                            value=i, hint="tighten the priors or lower the learning rate")
+    params = svi.get_params(state)
+    return guide, params, np.asarray(losses)
+
+
+def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | None,
+           q: Any = None) -> dict:
+    """One NUTS chain (runs in its own process)."""
+    jax.config.update("jax_enable_x64", True)
+    spec = load_strain(spec_path)
+    spec = dataclasses.replace(spec, inference={**spec.inference, **overrides.get("inference", {})})
+    bs, recipes = load_history(spec)
+    if overrides.get("batches"):
+        bs = bs.select(overrides["batches"])
+    data = build_data(spec, bs, recipes)
+    inf = spec.inference
+    kernel = NUTS(_model_fn(spec, data), dense_mass=True, max_tree_depth=int(inf["max_tree_depth"]),
+                  target_accept_prob=float(inf["target_accept"]),
+                  init_strategy=init_to_value(values=init) if init else init_to_median(num_samples=15))
+    mcmc = MCMC(kernel, num_warmup=int(inf["warmup"]), num_samples=int(inf["samples"]), num_chains=1,
+                progress_bar=False)
+    mcmc.warmup(jax.random.PRNGKey(seed + 1000 * chain), collect_warmup=False)
+    if q is not None:
+        q.put(("warmup_done", chain))
+    mcmc.run(mcmc.post_warmup_state.rng_key)
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    extra = mcmc.get_extra_fields()
+    return {"samples": samples, "diverging": np.asarray(extra["diverging"]),
+            "num_steps": np.asarray(extra.get("num_steps", np.zeros(1)))}
+
+
+def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str] | None = None,
+              chains: int | None = None, warmup: int | None = None, samples: int | None = None,
+              svi_steps: int | None = None, seed: int | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> CalibrationResult:
+    """Calibrate the strain: NUTS (one process per chain) or SVI; returns the posterior.
+
+    Args:
+        spec: the strain.
+        method: "nuts" or "svi" (default from the strain file).
+        batches: calibrate on these batch ids only.
+        chains, warmup, samples, svi_steps, seed: override the strain file's [inference].
+        progress: callback `(stage, done, total)`.
+    """
+    inf = dict(spec.inference)
+    for k, v in dict(method=method, chains=chains, warmup=warmup, samples=samples,
+                     svi_steps=svi_steps, seed=seed).items():
+        if v is not None:
+            inf[k] = v
+    spec = dataclasses.replace(spec, inference=inf)
+    t0 = time.perf_counter()
+    bs, recipes = load_history(spec)
+    if batches:
+        bs = bs.select(batches)
+    data = build_data(spec, bs, recipes)
+    cb = progress or (lambda *a: None)
+    seed = int(inf["seed"])
+    if inf["method"] == "svi":
+        guide, params, losses = _svi(spec, data, steps=int(inf["svi_steps"]), seed=seed,
+                                     progress=lambda i, n: cb("SVI", i, n))
+        draws = guide.sample_posterior(jax.random.PRNGKey(seed + 1), params,
+                                       sample_shape=(int(inf["samples"]),))
+        posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
+        posterior.update(_deterministic(spec, data, draws))
+        stats = {"diverging": np.zeros((1, int(inf["samples"])), dtype=bool)}
+        idata = _to_idata(spec, data, posterior, stats, method="svi")
+        idata.attrs["svi_final_loss"] = float(np.mean(losses[-50:]))
+    else:
+        n_chains = int(inf["chains"])
+        overrides = {"inference": inf, "batches": list(bs.batch_ids)}
+        init = None
+        results = []
+        if n_chains == 1:
+            cb("NUTS chains", 0, 1)
+            results.append(_chain(str(spec.path), overrides, 0, seed, init))
+            cb("NUTS chains", 1, 1)
+        else:
+            ctx = mp.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=min(n_chains, os.cpu_count() or 1), mp_context=ctx) as ex:
+                futs = [ex.submit(_chain, str(spec.path), overrides, c, seed, init) for c in range(n_chains)]
+                done = 0
+                cb("NUTS chains", 0, n_chains)
+                for f in cf.as_completed(futs):
+                    f.result()
+                    done += 1
+                    cb("NUTS chains", done, n_chains)
+                results = [f.result() for f in futs]
+        posterior = {k: np.stack([r["samples"][k] for r in results]) for k in results[0]["samples"]}
+        stats = {"diverging": np.stack([r["diverging"] for r in results]),
+                 "n_steps": np.stack([r["num_steps"] for r in results])}
+        idata = _to_idata(spec, data, posterior, stats, method="nuts")
+    wall = time.perf_counter() - t0
+    idata.attrs["wall_s"] = wall
+    return CalibrationResult(spec, data, idata, inf["method"], wall)
+
+
+def _deterministic(spec, data, draws) -> dict:
+    out = {}
+    for p in spec.priors:
+        z = np.asarray(draws[f"z_{p.key}"])
+        out[p.key] = np.exp(np.log(p.median) + p.log_sd * z)[None]
+    return out
+
+
+def _to_idata(spec: StrainSpec, data: CalibrationData, posterior: dict, stats: dict, *, method: str):
+    coords = {"batch": list(data.batches)}
+    dims = {}
+    for k, v in posterior.items():
+        if v.ndim == 3 and v.shape[-1] == data.n_batches:
+            dims[k] = ["batch"]
+    observed = {f"{v}_time_h": np.asarray(data.obs_t[v]) for v in data.variables}
+    idata = az.from_dict(posterior=posterior, sample_stats=stats, coords=coords, dims=dims)
+    hist_hash = _history_hash(spec, data)
+    idata.attrs.update({
+        "format_version": FORMAT_VERSION,
+        "twin_version": twin.__version__,
+        "strain": spec.name,
+        "strain_file": str(spec.path),
+        "scenario": spec.scenario.name,
+        "model_structure": structure_hash(spec.scenario.model),
+        "parameters": json.dumps({p.key: {"name": p.name, "unit": p.unit, "prior_median": p.median,
+                                          "prior_log_sd": p.log_sd} for p in spec.priors}),
+        "batch_effects": json.dumps(list(spec.batch_effects)),
+        "batches": json.dumps(list(data.batches)),
+        "data_hash": hist_hash,
+        "method": method,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    del observed
+    return idata
+
+
+def _history_hash(spec, data) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for v in data.variables:
+        h.update(np.asarray(data.obs_t[v]).tobytes())
+        h.update(np.asarray(data.obs_y[v]).tobytes())
+    for leaf in jax.tree_util.tree_leaves(data.recipes):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_posterior(idata: az.InferenceData, path: str | os.PathLike) -> Path:
+    """Write the posterior NetCDF atomically (no partial file if interrupted)."""
+    with atomic_path(path, suffix=".nc") as tmp:
+        idata.to_netcdf(str(tmp))
+    return Path(path)
+
+
+def load_posterior(path: str | os.PathLike, *, model=None) -> az.InferenceData:
+    """Read a posterior; with `model`, refuse one made for another model structure.
+
+    Raises:
+        PosteriorError: not a posterior of this package, another format version, or another
+            model structure.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PosteriorError("posterior file not found", where=path)
+    try:
+        idata = az.from_netcdf(str(path))
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
+        raise PosteriorError(f"not a readable NetCDF posterior ({type(e).__name__})", where=path) from None
+    attrs = idata.posterior.attrs if "posterior" in idata.groups() else {}
+    attrs = {**attrs, **getattr(idata, "attrs", {})}
+    if "model_structure" not in attrs:
+        raise PosteriorError("not a posterior written by `twin calibrate` (no model_structure)", where=path)
+    if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+        raise PosteriorError("posterior format version differs", where=path, field="format_version",
+                             value=attrs.get("format_version"), hint=f"this package reads version {FORMAT_VERSION}")
+    if model is not None:
+        want = structure_hash(model)
+        if attrs["model_structure"] != want:
+            raise PosteriorError(
+                f"posterior was made for another model structure ({attrs['model_structure']}, strain "
+                f"'{attrs.get('strain')}', scenario '{attrs.get('scenario')}'); this model is {want}",
+                where=path, field="model_structure", hint="recalibrate with `twin calibrate` for this model")
+    return idata
