@@ -1,0 +1,96 @@
+"""Calibration: strain-file validation, data packing, posterior provenance (fast checks)."""
+
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+
+import twin  # noqa: F401
+from calibration.infer import PosteriorError, load_posterior, save_posterior
+from calibration.model import build_data, structure_hash
+from calibration.spec import load_strain
+from twin.data import batch_set_from_frames
+from twin.errors import DataError, ScenarioError
+from twin.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN = ROOT / "calibration/strains/synthetic_erythromycin.toml"
+
+
+def _strain(tmp_path, text: str) -> Path:
+    base = SYN.read_text()
+    p = tmp_path / "strain.toml"
+    p.write_text(base.replace('scenario = "../../scenarios/erythromycin_like.toml"',
+                              f'scenario = "{ROOT / "scenarios/erythromycin_like.toml"}"') + text)
+    return p
+
+
+def test_strain_loads():
+    spec = load_strain(SYN)
+    assert spec.parameter_names == ["kinetics.mu_max", "kinetics.beta_max", "kinetics.Y_XS", "kinetics.m_S"]
+    assert spec.batch_effects == ("mu_max", "beta_max")
+
+
+def test_unknown_parameter(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("m_S = { median", "m_Z = { median"))
+    with pytest.raises(ScenarioError, match=r"strain.toml: field 'parameters.m_Z': unknown parameter"):
+        load_strain(p)
+
+
+def test_prior_outside_physical_range(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("Y_XS = { median = 0.4", "Y_XS = { median = 4.0"))
+    with pytest.raises(ScenarioError, match=r"parameters.Y_XS.median': prior median outside the physical range .*got 4.0"):
+        load_strain(p)
+
+
+def test_unobserved_variable(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("volume = { sd = 300.0", "viscosity = { sd = 300.0"))
+    with pytest.raises(ScenarioError, match=r"observations.viscosity': the model does not observe this variable"):
+        load_strain(p)
+
+
+def test_unknown_key(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("chains = 2", "chains = 2\nchain_method = 'x'"))
+    with pytest.raises(ScenarioError, match=r"field 'inference.chain_method': unknown key"):
+        load_strain(p)
+
+
+def _tiny_set(with_product: bool, t_max: float = 170.0):
+    rows = [("B1", 0.0, "biomass", 1.0, "g/L"), ("B1", t_max, "biomass", 20.0, "g/L")]
+    if with_product:
+        rows.append(("B1", 100.0, "product", 1.0, "g/L"))
+    long = pd.DataFrame(rows, columns=["batch", "time_h", "variable", "value", "unit"])
+    return batch_set_from_frames(long, pd.DataFrame({"batch": ["B1"], "strain": ["s"]}))
+
+
+def test_no_product_measured_is_an_error():
+    spec = load_strain(SYN)
+    with pytest.raises(DataError, match=r"field 'product': no batch has the product measured"):
+        build_data(spec, _tiny_set(False), {"B1": spec.scenario.recipe})
+
+
+def test_posterior_roundtrip_and_structure_check(tmp_path):
+    spec = load_strain(SYN)
+    idata = az.from_dict(posterior={"mu_max": np.ones((1, 5))})
+    idata.attrs.update({"format_version": 1, "model_structure": structure_hash(spec.scenario.model),
+                        "strain": spec.name, "scenario": spec.scenario.name})
+    path = save_posterior(idata, tmp_path / "posterior.nc")
+    again = load_posterior(path, model=spec.scenario.model)
+    assert np.allclose(np.asarray(again.posterior["mu_max"]), 1.0, rtol=0, atol=0)
+    other = load_scenario(ROOT / "scenarios/penicillin_like.toml").model
+    with pytest.raises(PosteriorError, match=r"posterior.nc: field 'model_structure': posterior was made for another model structure"):
+        load_posterior(path, model=other)
+    assert not list(tmp_path.glob(".posterior.nc.*")), "no temporary file left behind"
+
+
+def test_not_a_posterior(tmp_path):
+    bad = tmp_path / "x.nc"
+    bad.write_text("not netcdf")
+    with pytest.raises(PosteriorError, match="not a readable NetCDF posterior"):
+        load_posterior(bad)
