@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from twin.errors import SolverError
-from twin.reactor import set_parameters
+from twin.reactor import get_parameter, set_parameters
 from twin.recipe import constant_profile
 from twin.simulate import FixedGrid, ensure_success, simulate
 
@@ -58,9 +58,7 @@ def fixed_grid_run(ery):
 
 
 def _nominal(ery):
-    theta = jnp.asarray([float(ery.model.kinetics.growth.mu_max), float(ery.model.kinetics.production.beta_max),
-                         float(ery.model.kinetics.sugar.Y_XS), float(ery.model.kinetics.oxygen.K_O),
-                         float(ery.model.kinetics.growth.K_S)])
+    theta = jnp.asarray([float(get_parameter(ery.model, name)) for name in KINETIC])
     # The recipe feeds nothing before 30 h; the batch sugar runs out just before, where a
     # negative feed would be clipped at S = 0, so zero is a kink. 5 L/h is a smooth point.
     feed = jnp.asarray([5.0, float(ery.recipe.profiles["substrate_feed"].value[1])])
@@ -155,9 +153,7 @@ def test_coarse_fixed_grid_agrees_with_adaptive_reference(ery, ery_traj):
 
 def _perturbed(ery, key, n):
     """`n` parameter sets: the nominal ENSEMBLE parameters times lognormal(0, 0.1) factors."""
-    nominal = jnp.asarray([float(ery.model.kinetics.growth.mu_max),
-                           float(ery.model.kinetics.production.beta_max),
-                           float(ery.model.kinetics.sugar.Y_XS), float(ery.model.kinetics.oxygen.K_O)])
+    nominal = jnp.asarray([float(get_parameter(ery.model, name)) for name in ENSEMBLE])
     return nominal * jnp.exp(0.1 * jax.random.normal(key, (n, nominal.size)))
 
 
