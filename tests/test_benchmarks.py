@@ -1,0 +1,27 @@
+"""Benchmark scripts run with tiny arguments (STYLE.md rule 13) and report what they promise."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from conftest import ROOT
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulate_benchmark_with_tiny_arguments(capsys):
+    """Every headline figure is printed as `name: value`; Tsit5 and LSODA, both at 1e-7, agree
+    on the final titer to 1e-5 relative."""
+    figures = _load("simulate").main(["--quick", "--n", "4", "--repeats", "2", "--scipy-members", "2"])
+    out = capsys.readouterr().out
+    for name in ("compile_s", "single_sim_ms", "single_sim_core_ms", "ensemble_sims_per_s",
+                 "scipy_sims_per_s", "ensemble_vs_scipy_ratio", "ensemble_vs_scipy_max_rel_diff"):
+        assert f"\n{name}: " in out, name
+        assert figures[name] > 0 or name == "ensemble_vs_scipy_max_rel_diff"
+    assert figures["ensemble_size"] == 4
+    assert figures["ensemble_vs_scipy_max_rel_diff"] < 1e-5
