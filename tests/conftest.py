@@ -1,11 +1,14 @@
 """Shared fixtures: shipped scenarios, compiled reference simulations and a scipy reference solver.
 
 Compiling a simulation takes seconds, so every test that can reuses one of the session-scoped
-trajectories below, and JAX's persistent compilation cache (`.jax_cache/` in the repository,
-gitignored) carries compiled code from one run to the next. `simulate` is compiled once per model
-*structure* (classes, static fields, number of recipe phases and saved times, solver options),
-so tests change parameter and recipe *values* on the shipped structures rather than building
-new ones.
+trajectories below. `simulate` is compiled once per model *structure* (classes, static fields,
+number of recipe phases and saved times, solver options), so tests change parameter and recipe
+*values* on the shipped structures rather than building new ones.
+
+JAX's persistent compilation cache (`.jax_cache/` in the repository, gitignored) is on, but it
+only keeps computations without host callbacks: the diffrax solves are not kept, because
+diffrax checks traced `t0`, `t1` and `SaveAt(ts)` with `eqx.error_if`, which compiles to a
+callback (with `EQX_ON_ERROR=nan` they would be kept, at the price of NaN instead of errors).
 """
 
 from __future__ import annotations
