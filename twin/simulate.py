@@ -164,7 +164,7 @@ def simulate(model: FermentationModel, recipe: Recipe, y0: ReactorState, t0, t1,
     if isinstance(options, FixedGrid) and not isinstance(t0, jax.core.Tracer):
         _check_grid(recipe, float(t0), float(t1), options)
     traj = _solve(model, recipe, y0, t0, t1, ts, options)
-    if not isinstance(traj.result._value, jax.core.Tracer):
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(traj)):
         ensure_success(traj, label=label)
     return traj
 
