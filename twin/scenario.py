@@ -10,6 +10,7 @@ Layout::
 
     [scenario]   name, title, duration_h, output_every_h
     [model]      growth = "monod" | "contois"; oxygen = "quasi_steady" | "dynamic";
+                 carbon = "pirt" (growth drives uptake) | "uptake_limited" (uptake drives growth);
                  oil = bool; precursor = bool; impellers = int
     [kinetics]   culture parameters (flat: mu_max, K_X, beta_max, ...)
     [vessel]     geometry and transfer constants
@@ -44,10 +45,11 @@ __all__ = ["Scenario", "load_scenario", "parse_overrides", "build_model"]
 
 _GROWTH = {"monod": kin.MonodGrowth, "contois": kin.ContoisGrowth}
 _OXYGEN = {"quasi_steady": QuasiSteadyOxygen, "dynamic": DynamicOxygen}
+_CARBON = {"pirt": kin.PirtCarbon, "uptake_limited": kin.UptakeLimitedCarbon}
 
 _SCHEMA: dict[str, set[str]] = {
     "scenario": {"name", "title", "description", "duration_h", "output_every_h"},
-    "model": {"growth", "oxygen", "oil", "precursor", "impellers"},
+    "model": {"growth", "oxygen", "oil", "precursor", "impellers", "carbon"},
     "kinetics": set(),  # checked against the model structure
     "vessel": set(),
     "feeds": set(),
@@ -141,6 +143,10 @@ def build_model(raw: dict, where=None) -> FermentationModel:
     if oxy_name not in _OXYGEN:
         raise ScenarioError(f"must be one of {sorted(_OXYGEN)}", where=where, field="model.oxygen",
                             value=oxy_name)
+    carbon_name = m.get("carbon", "pirt")
+    if carbon_name not in _CARBON:
+        raise ScenarioError(f"must be one of {sorted(_CARBON)}", where=where, field="model.carbon",
+                            value=carbon_name)
     for flag in ("oil", "precursor"):
         if not isinstance(m.get(flag, False), bool):
             raise ScenarioError("must be true or false", where=where, field=f"model.{flag}", value=m.get(flag))
@@ -168,7 +174,7 @@ def build_model(raw: dict, where=None) -> FermentationModel:
         if set(unknown) & others:
             hint += " (oil and precursor parameters need model.oil / model.precursor = true)"
         raise ScenarioError("unknown key", where=where, field=f"kinetics.{unknown[0]}", hint=hint)
-    kinetics = kin.CultureKinetics(**parts)
+    kinetics = kin.CultureKinetics(**parts, carbon=_CARBON[carbon_name]())
     vused: set[str] = set()
     vessel = _build(Vessel, raw.get("vessel", {}), "vessel", where, vused, {"impellers": impellers})
     _unknown(raw.get("vessel", {}), vused, "vessel", where, _fields(Vessel))

@@ -2,7 +2,7 @@
 
 from .base import AbstractGrowth, AbstractKinetics, AbstractProduction, Broth, Rates, parameter
 from .cardinal import CardinalPH, CardinalTemperature
-from .culture import CultureKinetics
+from .culture import AbstractCarbonBalance, CultureKinetics, PirtCarbon, UptakeLimitedCarbon
 from .growth import ContoisGrowth, MonodGrowth
 from .oxygen import OxygenDemand, OxygenLimitation
 from .production import LuedekingPiret, ProductHydrolysis
@@ -10,7 +10,8 @@ from .uptake import OilUptake, PrecursorUptake, SugarUptake
 
 __all__ = [
     "AbstractGrowth", "AbstractKinetics", "AbstractProduction", "Broth", "Rates", "parameter",
-    "CardinalPH", "CardinalTemperature", "CultureKinetics", "ContoisGrowth", "MonodGrowth",
+    "CardinalPH", "CardinalTemperature", "CultureKinetics", "AbstractCarbonBalance", "PirtCarbon",
+    "UptakeLimitedCarbon", "ContoisGrowth", "MonodGrowth",
     "OxygenDemand", "OxygenLimitation", "LuedekingPiret", "ProductHydrolysis", "OilUptake",
     "PrecursorUptake", "SugarUptake",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import abc
+
+import equinox as eqx
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
@@ -11,7 +14,60 @@ from .oxygen import OxygenDemand, OxygenLimitation
 from .production import LuedekingPiret, ProductHydrolysis
 from .uptake import OilUptake, PrecursorUptake, SugarUptake
 
-__all__ = ["CultureKinetics"]
+__all__ = ["CultureKinetics", "AbstractCarbonBalance", "PirtCarbon", "UptakeLimitedCarbon"]
+
+
+class AbstractCarbonBalance(eqx.Module):
+    """How growth, sugar and oil uptake and production share the carbon the cells take up."""
+
+    @abc.abstractmethod
+    def split(self, k: "CultureKinetics", broth: Broth, activity, f_oxygen, tox, lim):
+        """(mu, q_s, q_oil, q_p) in 1/h, g/g/h, g/g/h, g/g/h.
+
+        `activity` is the product of the temperature, pH and oxygen factors, `f_oxygen` the oxygen
+        factor alone, `tox` the precursor toxicity and `lim` the precursor limitation of production.
+        """
+
+
+class PirtCarbon(AbstractCarbonBalance):
+    r"""Growth follows the growth law; uptake follows growth, production and maintenance (Pirt).
+
+    $$\mu = \mu_S(S, X) f + \mu_{oil}(O) f, \qquad q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S \frac{S}{K_m + S}$$
+    """
+
+    def split(self, k, broth, activity, f_oxygen, tox, lim):
+        mu_s = k.growth(broth) * activity * tox
+        mu_oil = 0.0 if k.oil is None else k.oil.growth(broth.oil) * activity * tox
+        mu = mu_s + mu_oil
+        q_p = k.production(broth, mu) * activity * lim
+        q_s = k.sugar(mu_s, q_p, broth.substrate)
+        q_oil = 0.0 if k.oil is None else k.oil.uptake(mu_oil)
+        return mu, q_s, q_oil, q_p
+
+
+class UptakeLimitedCarbon(AbstractCarbonBalance):
+    r"""Uptake follows the growth law's capacity; growth is the carbon left after maintenance and
+    production (negative when starving: endogenous decay).
+
+    $$q_S = \frac{\mu_S(S, X)}{Y_{XS}} f, \qquad q_{oil} = \frac{\mu_{oil}(O)}{Y_{X,oil}} f, \qquad
+      \mu = Y_{XS}\left(q_S + \frac{Y_{X,oil}}{Y_{XS}} q_{oil} - m_S f_O - \frac{q_P}{Y_{PS}}\right)$$
+    with $q_P = \alpha\,\max(\mu, 0) + \beta(S) f\,f_{prec}$. Oil is worth $Y_{X,oil}/Y_{XS}$ g
+    of sugar per g, so it can carry maintenance and production as well as growth. Maintenance is
+    aerobic (scaled by the oxygen factor), which keeps the quasi-steady oxygen balance exact.
+    """
+
+    def split(self, k, broth, activity, f_oxygen, tox, lim):
+        q_s = k.growth(broth) / k.sugar.Y_XS * activity * tox
+        q_oil = 0.0 if k.oil is None else k.oil.growth(broth.oil) / k.oil.Y_X_oil * activity * tox
+        carbon = q_s + (0.0 if k.oil is None else k.oil.Y_X_oil / k.sugar.Y_XS * q_oil)
+        beta = k.production(broth, 0.0) * activity * lim
+        alpha = k.production.alpha * activity * lim
+        Y, Yp = k.sugar.Y_XS, k.sugar.Y_PS
+        spare = carbon - k.sugar.m_S * f_oxygen - beta / Yp
+        mu_pos = Y * spare / (1.0 + Y * alpha / Yp)
+        mu = jnp.where(spare > 0, mu_pos, Y * spare)
+        q_p = alpha * jnp.maximum(mu, 0.0) + beta
+        return mu, q_s, q_oil, q_p
 
 
 class CultureKinetics(AbstractKinetics):
@@ -45,6 +101,7 @@ class CultureKinetics(AbstractKinetics):
     sugar: SugarUptake
     oil: OilUptake | None = None
     precursor: PrecursorUptake | None = None
+    carbon: AbstractCarbonBalance = PirtCarbon()
 
     def oxygen_factor(self, dissolved_oxygen):
         return self.oxygen(jnp.maximum(dissolved_oxygen, 0.0))
@@ -54,14 +111,9 @@ class CultureKinetics(AbstractKinetics):
         tox = 1.0 if self.precursor is None else self.precursor.toxicity(broth.precursor)
         lim = 1.0 if self.precursor is None else self.precursor.limitation(broth.precursor)
         activity = env * f_o
-        mu_s = self.growth(broth) * activity * tox
-        mu_oil = 0.0 if self.oil is None else self.oil.growth(broth.oil) * activity * tox
-        mu = mu_s + mu_oil
-        q_p = self.production(broth, mu) * activity * lim
-        q_s = self.sugar(mu_s, q_p, broth.substrate)
-        q_oil = 0.0 if self.oil is None else self.oil.uptake(mu_oil)
+        mu, q_s, q_oil, q_p = self.carbon.split(self, broth, activity, f_o, tox, lim)
         q_prec = 0.0 if self.precursor is None else self.precursor.uptake(q_p, broth.precursor)
-        q_o2 = mu / self.respiration.Y_XO + q_p / self.respiration.Y_PO + self.respiration.m_O * f_o
+        q_o2 = jnp.maximum(mu, 0.0) / self.respiration.Y_XO + q_p / self.respiration.Y_PO + self.respiration.m_O * f_o
         z = jnp.zeros_like(mu)
         return Rates(growth=mu, substrate_uptake=q_s, oil_uptake=q_oil + z, production=q_p,
                      hydrolysis=self.hydrolysis.k_h + z, precursor_uptake=q_prec + z,
