@@ -66,13 +66,15 @@ def _extend(profile: Profile, t_end: float) -> Profile:
     return Profile(profile.start, jnp.asarray(t_end, dtype=float), profile.value, profile.value_end)
 
 
-def recipe_from_record(record, recipe: Recipe, dt: float) -> Recipe:
+def recipe_from_record(record, recipe: Recipe, dt: float,
+                       recorded: tuple[str, ...] = ("substrate_feed", "oil_feed", "precursor_feed",
+                                                    "water_feed", "draw")) -> Recipe:
     """The recipe a batch actually ran: recorded online feeds (held piecewise-constant between
     samples) replace the planned profiles of flows the historian records; setpoints come from
     the batch's recipe. Recorded acid and base flows count as water (volume only). Breakpoints
     are snapped to the `dt` grid."""
     profiles = dict(recipe.profiles)
-    for var in ("substrate_feed", "oil_feed", "precursor_feed", "water_feed", "draw"):
+    for var in recorded:
         if var not in record.variables():
             continue
         t, v = record.series(var)
@@ -134,7 +136,7 @@ def build_data(spec: StrainSpec, batch_set: BatchSet, recipes: dict[str, Recipe]
     for r in records:
         if r.batch not in recipes:
             raise DataError("no recipe for batch", where=batch_set.source, field=r.batch)
-        rec = recipe_from_record(r, recipes[r.batch], dt)
+        rec = recipe_from_record(r, recipes[r.batch], dt, spec.recorded_feeds)
         rec = Recipe({k: _extend(p, t_end) for k, p in rec.profiles.items()})
         rec_list.append(rec)
         y0s.append(_initial_state(r, spec.scenario))

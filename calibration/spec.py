@@ -5,7 +5,10 @@ Layout::
     [strain]        name, description, scenario (path to the scenario TOML giving model structure,
                     vessel, feeds and the fixed parameter values)
     [data]          directory = batch folder in the twin.data format with recipes/<batch>.csv
-                    (or "demo" for the embedded IndPenSim history); holdout = [batch ids]
+                    (or "demo" for the embedded IndPenSim history); holdout = [batch ids];
+                    recorded_feeds = flows whose historian record replaces the recipe's plan
+                    (default: every recorded flow; name only controller-driven ones to keep
+                    the operators' noise-free plan for the rest)
     [synthetic]     instead of [data]: batches simulated from known parameters (see synthetic.py)
     [parameters]    NAME = { median = m, log_sd = s }  -- lognormal prior, physical units of NAME
     [batch_effects] parameters = [names]; sd_prior = half-normal scale of the log-scale batch SD
@@ -38,7 +41,7 @@ _INITIAL = ("biomass", "substrate", "product", "precursor", "oil", "volume")
 
 _SECTIONS = {
     "strain": {"name", "description", "scenario"},
-    "data": {"directory", "holdout"},
+    "data": {"directory", "holdout", "recorded_feeds"},
     "synthetic": {"n_batches", "seed", "truth", "batch_sd", "assay_every_h", "online_every_h",
                   "noise_cv", "noise_sd", "feed_jitter"},
     "parameters": None,
@@ -82,6 +85,7 @@ class StrainSpec:
     scenario: Scenario
     data_dir: Path | None
     holdout: tuple[str, ...]
+    recorded_feeds: tuple[str, ...]
     synthetic: dict[str, Any] | None
     priors: tuple[Prior, ...]
     batch_effects: tuple[str, ...]
@@ -220,7 +224,14 @@ def load_strain(path: str | Path) -> StrainSpec:
         holdout = tuple(str(b) for b in raw["data"].get("holdout", []))
     elif synthetic is None:
         raise _err("give [data] or [synthetic]", path, "[data]")
+    flows = ("substrate_feed", "oil_feed", "precursor_feed", "water_feed", "draw")
+    recorded = tuple(raw.get("data", {}).get("recorded_feeds", flows))
+    for f in recorded:
+        if f not in flows:
+            raise _err("not a flow the historian can record", path, "data.recorded_feeds", f,
+                       hint=f"flows: {', '.join(flows)}")
     return StrainSpec(name=str(st["name"]), description=str(st.get("description", "")), path=path,
-                      scenario=scenario, data_dir=data_dir, holdout=holdout, synthetic=synthetic,
+                      scenario=scenario, data_dir=data_dir, holdout=holdout,
+                      recorded_feeds=recorded, synthetic=synthetic,
                       priors=tuple(priors), batch_effects=be_params, batch_sd_prior=be_sd,
                       initial=initial, observations=tuple(obs), inference=inf, raw=raw)

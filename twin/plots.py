@@ -211,7 +211,7 @@ def plot_fit(grid, predictive: dict, observations: dict, batches, *, title: str,
     for ax in axes[-1]:
         ax.set_xlabel("time, h", fontsize=8)
     fig.suptitle(title + "\nblack: data; blue: posterior predictive median, 50 % and 90 % bands", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (1.9 * B + 0.8)))
     return save(fig, path, dpi=90)
 
 

@@ -1,0 +1,155 @@
+"""Calibration benchmark: speed and honesty of the posterior on 2 cores.
+
+Measured in one run (each part optional):
+  svi      SVI (AutoMultivariateNormal) on the 12 demo IndPenSim batches: wall time.
+  nuts     NUTS, 2 chains in parallel processes, on the same batches: wall time, r-hat,
+           divergences, bulk ESS per second; SVI means vs NUTS (in NUTS posterior SDs).
+  holdout  leave-batches-out on the demo history (folds of 4 held-out batches, SVI fit on the
+           rest): coverage of the 90 % posterior-predictive interval for the final titer and
+           for every offline assay of the held-out batches (new batch effects drawn from the
+           population).
+  recovery synthetic strain: fraction of true parameters inside their 90 % interval over
+           repeated datasets (SVI).
+
+Ends with `name: value` headline lines. Targets (issue 4): NUTS < 300 s with r-hat <= 1.01 and
+no divergences; SVI < 30 s with means within 1 NUTS SD; held-out 90 % coverage in [0.85, 0.95];
+recovery >= 0.85.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import twin  # noqa: E402,F401
+from calibration.diagnostics import check, flat_draws, predictive  # noqa: E402
+from calibration.infer import calibrate, load_history  # noqa: E402
+from calibration.model import build_data  # noqa: E402
+from calibration.spec import load_strain  # noqa: E402
+
+IPS = ROOT / "calibration/strains/penicillin_indpensim.toml"
+SYN = ROOT / "calibration/strains/synthetic_erythromycin.toml"
+
+
+def _means_sds(idata, keys):
+    return {k: (float(idata.posterior[k].mean()), float(idata.posterior[k].std())) for k in keys}
+
+
+def run_svi(steps: int, samples: int):
+    spec = load_strain(IPS)
+    t = time.perf_counter()
+    res = calibrate(spec, method="svi", svi_steps=steps, samples=samples)
+    return res, time.perf_counter() - t
+
+
+def run_nuts(warmup: int, samples: int, chains: int):
+    spec = load_strain(IPS)
+    t = time.perf_counter()
+    res = calibrate(spec, method="nuts", warmup=warmup, samples=samples, chains=chains)
+    return res, time.perf_counter() - t
+
+
+def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
+    spec = load_strain(IPS)
+    bs, recipes = load_history(spec)
+    ids = list(bs.batch_ids)
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(ids))
+    hits = {"final_titer": []}
+    for f in range(folds):
+        test = order[f * per_fold:(f + 1) * per_fold]
+        train = [b for b in ids if b not in test]
+        res = calibrate(spec, method="svi", batches=train, svi_steps=steps, samples=draws)
+        data_test = build_data(spec, bs.select(test), recipes)
+        pred = predictive(spec, data_test, flat_draws(res.idata), new_batches=True, noise=True, seed=f)
+        grid = np.asarray(data_test.grid)
+        for v, p in pred.items():
+            lo, hi = np.percentile(p, [5, 95], axis=0)
+            t, y, m = (np.asarray(a) for a in (data_test.obs_t[v], data_test.obs_y[v], data_test.obs_mask[v]))
+            for i in range(len(test)):
+                ti, yi = t[i][m[i]], y[i][m[i]]
+                inside = (yi >= np.interp(ti, grid, lo[i])) & (yi <= np.interp(ti, grid, hi[i]))
+                hits.setdefault(v, []).extend(inside.tolist())
+                if v == "product":
+                    hits["final_titer"].append(bool(inside[-1]))
+        print(f"fold {f + 1}/{folds}: held out {test}", flush=True)
+    return {k: (float(np.mean(v)), len(v)) for k, v in hits.items()}
+
+
+def recovery(reps: int, steps: int, draws: int):
+    spec = load_strain(SYN)
+    inside, total = 0, 0
+    for r in range(reps):
+        s = dataclasses.replace(spec, synthetic={**spec.synthetic, "seed": 100 + r})
+        res = calibrate(s, method="svi", svi_steps=steps, samples=draws)
+        for p in s.priors:
+            x = np.asarray(res.idata.posterior[p.key]).ravel()
+            lo, hi = np.quantile(x, [0.05, 0.95])
+            truth = float(s.synthetic["truth"].get(p.key, p.median))
+            inside += int(lo <= truth <= hi)
+            total += 1
+    return inside / total, total
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="svi,nuts,holdout,recovery")
+    ap.add_argument("--svi-steps", type=int, default=1500)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--chains", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--per-fold", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny settings (for the test suite)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.svi_steps, a.warmup, a.samples, a.chains, a.folds, a.per_fold, a.reps = 20, 10, 10, 1, 1, 2, 1
+    parts = a.parts.split(",")
+    head = {}
+    svi = nuts = None
+    if "svi" in parts:
+        svi, wall = run_svi(a.svi_steps, max(a.samples, 200))
+        head["svi_wall_s"] = round(wall, 1)
+        print(f"SVI: {wall:.1f} s for {a.svi_steps} steps", flush=True)
+    if "nuts" in parts:
+        nuts, wall = run_nuts(a.warmup, a.samples, a.chains)
+        d = check(nuts.idata)
+        head["nuts_wall_s"] = round(wall, 1)
+        head["nuts_rhat_max"] = round(d.get("rhat_max", float("nan")), 4)
+        head["nuts_divergences"] = d["divergences"]
+        head["nuts_ess_bulk_min"] = round(d.get("ess_bulk_min", float("nan")), 1)
+        head["nuts_ess_per_s"] = round(d.get("ess_bulk_min", float("nan")) / wall, 3)
+        print(f"NUTS: {wall:.1f} s, diagnostics {d['problems'] or 'ok'}", flush=True)
+    if svi is not None and nuts is not None:
+        keys = [p.key for p in svi.spec.priors]
+        ms, mn = _means_sds(svi.idata, keys), _means_sds(nuts.idata, keys)
+        z = {k: abs(ms[k][0] - mn[k][0]) / mn[k][1] for k in keys}
+        for k in keys:
+            print(f"  {k}: SVI {ms[k][0]:.4g} (sd {ms[k][1]:.2g})  NUTS {mn[k][0]:.4g} (sd {mn[k][1]:.2g})  |diff|/sd {z[k]:.2f}")
+        head["svi_vs_nuts_max_z"] = round(max(z.values()), 2)
+        head["svi_sd_over_nuts_sd_median"] = round(float(np.median([ms[k][1] / mn[k][1] for k in keys])), 2)
+    if "holdout" in parts:
+        cov = holdout(a.folds, a.per_fold, a.svi_steps, 200)
+        for k, (c, n) in cov.items():
+            print(f"held-out 90 % coverage, {k}: {c:.3f} over {n} observations")
+            head[f"holdout_coverage_{k}"] = round(c, 3)
+    if "recovery" in parts:
+        frac, n = recovery(a.reps, a.svi_steps, 400)
+        head["recovery_in_90pct_interval"] = round(frac, 3)
+        print(f"recovery: {frac:.3f} of {n} true values inside their 90 % interval (SVI)")
+    for k, v in head.items():
+        print(f"{k}: {v}")
+    return head
+
+
+if __name__ == "__main__":
+    main()
