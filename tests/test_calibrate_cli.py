@@ -1,0 +1,46 @@
+"""`twin calibrate` end to end (SVI, few steps) on the synthetic strain: every output is written,
+the posterior loads against the strain's model, bad input is one clear line."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from calibration.infer import load_posterior
+from calibration.spec import load_strain
+from twin.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN = ROOT / "calibration/strains/synthetic_erythromycin.toml"
+
+
+@pytest.mark.slow
+def test_calibrate_svi_writes_every_output(tmp_path):
+    out = tmp_path / "cal"
+    res = CliRunner().invoke(app, ["calibrate", str(SYN), "--out", str(out), "--method", "svi",
+                                   "--svi-steps", "30", "--samples", "50"])
+    assert res.exit_code == 0, res.output
+    for name in ("posterior.nc", "summary.csv", "fit.png", "parameters.png", "diagnostics.json"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "summary.csv")
+    assert list(table["parameter"]) == load_strain(SYN).parameter_names
+    assert (table["q05"] <= table["q50"]).all() and (table["q50"] <= table["q95"]).all()
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["method"] == "svi" and len(diag["batches"]) == 6
+    idata = load_posterior(out / "posterior.nc", model=load_strain(SYN).scenario.model)
+    assert idata.posterior.sizes["draw"] == 50
+
+
+def test_calibrate_bad_method_is_one_line(tmp_path):
+    res = CliRunner().invoke(app, ["calibrate", str(SYN), "--out", str(tmp_path), "--method", "mcmc"])
+    assert res.exit_code == 2
+    assert "field '--method': must be nuts or svi (got 'mcmc')" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_calibrate_missing_strain_file(tmp_path):
+    res = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nope.toml"), "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "nope.toml: strain file not found" in res.output
