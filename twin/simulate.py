@@ -166,16 +166,19 @@ def simulate(model: FermentationModel, recipe: Recipe, y0: ReactorState, t0, t1,
         >>> traj = simulate(model, recipe, y0, 0.0, 230.0, ts=jnp.linspace(0, 230, 231))  # doctest: +SKIP
         >>> ens = jax.vmap(lambda m: simulate(m, recipe, y0, 0.0, 230.0, ts=ts))(models)  # doctest: +SKIP
     """
+    # Decide concreteness on the arguments as given: inside `jit`, even `jnp.asarray(0.0)` is
+    # staged as a tracer, which would size the fixed grid by `max_horizon_h` instead of the span.
+    concrete = not (isinstance(t0, jax.core.Tracer) or isinstance(t1, jax.core.Tracer))
+    n_steps = 0
+    if isinstance(options, FixedGrid):
+        if concrete:
+            _check_grid(recipe, float(t0), float(t1), options)
+            n_steps = max(int(math.ceil((float(t1) - float(t0)) / options.dt - 1e-9)), 1)
+        else:
+            n_steps = int(math.ceil(options.max_horizon_h / options.dt - 1e-9))
     t0 = jnp.asarray(t0, dtype=float)
     t1 = jnp.asarray(t1, dtype=float)
     ts = jnp.asarray(ts, dtype=float)
-    n_steps = 0
-    if isinstance(options, FixedGrid):
-        if isinstance(t0, jax.core.Tracer) or isinstance(t1, jax.core.Tracer):
-            n_steps = int(math.ceil(options.max_horizon_h / options.dt - 1e-9))
-        else:
-            _check_grid(recipe, float(t0), float(t1), options)
-            n_steps = max(int(math.ceil((float(t1) - float(t0)) / options.dt - 1e-9)), 1)
     traj = _solve(model, recipe, y0, t0, t1, ts, options, n_steps)
     if not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(traj)):
         ensure_success(traj, label=label)
