@@ -18,9 +18,7 @@ from typing import Any, Callable
 
 import arviz as az
 import jax
-import jax.numpy as jnp
 import numpy as np
-import numpyro
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_median, init_to_value
 from numpyro.infer.autoguide import AutoMultivariateNormal
 
@@ -209,7 +207,6 @@ def _to_idata(spec: StrainSpec, data: CalibrationData, posterior: dict, stats: d
     for k, v in posterior.items():
         if v.ndim == 3 and v.shape[-1] == data.n_batches:
             dims[k] = ["batch"]
-    observed = {f"{v}_time_h": np.asarray(data.obs_t[v]) for v in data.variables}
     idata = az.from_dict(posterior=posterior, sample_stats=stats, coords=coords, dims=dims)
     hist_hash = _history_hash(spec, data)
     idata.attrs.update({
@@ -227,7 +224,6 @@ def _to_idata(spec: StrainSpec, data: CalibrationData, posterior: dict, stats: d
         "method": method,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
-    del observed
     return idata
 
 

@@ -13,7 +13,6 @@ $$y \sim N(\hat y(t),\ a_v^2 + (c_v \hat y(t))^2),\qquad a_v \sim N^+(0, A_v),\ 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
 import equinox as eqx
@@ -26,11 +25,11 @@ import numpyro.distributions as dist
 from twin.data import BatchSet
 from twin.errors import DataError
 from twin.reactor import FermentationModel, set_parameters
-from twin.recipe import Profile, Recipe, read_recipe_csv, stack_recipes
+from twin.recipe import Profile, Recipe, stack_recipes
 from twin.simulate import FixedGrid, simulate
-from twin.state import CONTROL_VARIABLES, ReactorState
+from twin.state import ReactorState
 
-from .spec import OBSERVABLE, StrainSpec
+from .spec import StrainSpec
 
 __all__ = ["CalibrationData", "build_data", "observe", "calibration_model", "batch_parameters",
            "simulate_batches", "structure_hash"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +13,7 @@ from twin.report import write_json
 
 from .diagnostics import check, flat_draws, predictive, summary_table
 from .infer import CalibrationResult, calibrate, save_posterior
-from .spec import OBSERVABLE, StrainSpec, load_strain
+from .spec import OBSERVABLE, load_strain
 
 __all__ = ["run_calibration", "write_outputs"]
 

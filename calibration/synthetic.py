@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from twin.data import BatchSet, batch_set_from_frames
-from twin.reactor import get_parameter, set_parameters
+from twin.reactor import set_parameters
 from twin.recipe import Profile, Recipe
 from twin.simulate import FixedGrid, simulate
-from twin.state import STATE_VARIABLES
 
 from .model import observe
 from .spec import OBSERVABLE, StrainSpec

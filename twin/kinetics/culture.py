@@ -7,8 +7,7 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._custom_types import Array, Float
-from .base import AbstractGrowth, AbstractKinetics, AbstractProduction, Broth, Rates
+from .base import AbstractGrowth, AbstractKinetics, Broth, Rates
 from .cardinal import CardinalPH, CardinalTemperature
 from .oxygen import OxygenDemand, OxygenLimitation
 from .production import LuedekingPiret, ProductHydrolysis

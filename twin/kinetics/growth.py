@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 from .base import AbstractGrowth, Broth, parameter

@@ -11,7 +11,6 @@ Batch `i` of a history with seed `s` runs on plant seed `1000 s + i`; its variat
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 from collections.abc import Callable, Sequence
