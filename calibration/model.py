@@ -25,7 +25,7 @@ import numpyro.distributions as dist
 from twin.data import BatchSet
 from twin.errors import DataError
 from twin.reactor import FermentationModel, set_parameters
-from twin.recipe import Profile, Recipe, stack_recipes
+from twin.recipe import Profile, Recipe, snap_to_grid, stack_recipes
 from twin.simulate import FixedGrid, simulate
 from twin.state import ReactorState
 
@@ -135,7 +135,8 @@ def build_data(spec: StrainSpec, batch_set: BatchSet, recipes: dict[str, Recipe]
     for r in records:
         if r.batch not in recipes:
             raise DataError("no recipe for batch", where=batch_set.source, field=r.batch)
-        rec = recipe_from_record(r, recipes[r.batch], dt, spec.recorded_feeds)
+        planned, _ = snap_to_grid(recipes[r.batch], dt)  # set-point changes act on the solver grid
+        rec = recipe_from_record(r, planned, dt, spec.recorded_feeds)
         rec = Recipe({k: _extend(p, t_end) for k, p in rec.profiles.items()})
         rec_list.append(rec)
         y0s.append(_initial_state(r, spec.scenario))

@@ -15,7 +15,8 @@ Layout::
     [initial]       NAME = { log_sd = s }  -- per-batch uncertain initial amount (log scale)
     [observations]  VARIABLE = { sd = a, cv = b, every_h = k }; noise SD = sqrt(a^2 + (b pred)^2),
                     a and b are half-normal priors' scales (0 fixes that part to zero)
-    [inference]     method = "nuts" | "svi"; chains, warmup, samples, dt, seed, svi_steps
+    [inference]     method = "nuts" | "svi"; chains, warmup, samples, dt, seed, svi_steps,
+                    max_tree_depth, target_accept, warm_start (NUTS starts from an SVI fit: true)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _SECTIONS = {
     "initial": None,
     "observations": None,
     "inference": {"method", "chains", "warmup", "samples", "dt", "seed", "svi_steps", "max_tree_depth",
-                  "target_accept"},
+                  "target_accept", "warm_start"},
 }
 
 
@@ -197,7 +198,8 @@ def load_strain(path: str | Path) -> StrainSpec:
         raise _err("the product must be observed to calibrate a strain", path, "observations.product")
 
     inf = {"method": "nuts", "chains": 2, "warmup": 300, "samples": 500, "dt": 0.5, "seed": 0,
-           "svi_steps": 2000, "max_tree_depth": 8, "target_accept": 0.85}
+           "svi_steps": 2000, "max_tree_depth": 8, "target_accept": 0.85,
+           "warm_start": True}
     inf.update(raw.get("inference", {}))
     if inf["method"] not in ("nuts", "svi"):
         raise _err("must be 'nuts' or 'svi'", path, "inference.method", inf["method"])
@@ -205,6 +207,8 @@ def load_strain(path: str | Path) -> StrainSpec:
         if not isinstance(inf[k], int) or inf[k] < 1:
             raise _err("must be a whole number >= 1", path, f"inference.{k}", inf[k])
     _num(inf["dt"], path, "inference.dt", positive=True)
+    if not isinstance(inf["warm_start"], bool):
+        raise _err("must be true or false", path, "inference.warm_start", inf["warm_start"])
 
     data_dir = None
     holdout: tuple[str, ...] = ()

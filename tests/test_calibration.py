@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import twin  # noqa: F401
-from calibration.infer import PosteriorError, load_posterior, save_posterior
+from calibration.infer import FORMAT_VERSION, PosteriorError, load_posterior, save_posterior
 from calibration.model import build_data, structure_hash
 from calibration.spec import load_strain
 from twin.data import batch_set_from_frames
@@ -78,7 +78,7 @@ def test_no_product_measured_is_an_error():
 def test_posterior_roundtrip_and_structure_check(tmp_path):
     spec = load_strain(SYN)
     idata = az.from_dict(posterior={"mu_max": np.ones((1, 5))})
-    idata.attrs.update({"format_version": 1, "model_structure": structure_hash(spec.scenario.model),
+    idata.attrs.update({"format_version": FORMAT_VERSION, "model_structure": structure_hash(spec.scenario.model),
                         "strain": spec.name, "scenario": spec.scenario.name})
     path = save_posterior(idata, tmp_path / "posterior.nc")
     again = load_posterior(path, model=spec.scenario.model)

@@ -43,29 +43,102 @@ def _progress() -> Progress:
 
 
 def run_scenario(path: Path, out: Path, *, overrides=None, recipe: Path | None = None,
-                 quiet: bool = False) -> dict:
-    """Simulate one scenario; write trajectories.csv, simulation.png and summary.json into `out`."""
+                 quiet: bool = False, posterior: Path | None = None, draws: int = 200) -> dict:
+    """Simulate one scenario; write trajectories.csv, simulation.png and summary.json into `out`.
+
+    With `posterior`, simulate `draws` posterior draws for a new batch (fresh batch effects from
+    the fitted population) on the posterior's own fixed grid: trajectories.csv holds the per-time
+    median, bands.csv the 5/25/50/75/95 % quantiles, and the summary gives intervals.
+    """
     from .plots import plot_simulation
     from .report import summarize, write_json, write_trajectories
     from .scenario import load_scenario, parse_overrides
     from .simulate import simulate
 
     sc = load_scenario(path, overrides=parse_overrides(overrides), recipe_path=recipe)
+    wv = float(sc.model.vessel.working_volume)
+    what_if = ", ".join(overrides or []) + (f" recipe={recipe}" if recipe else "")
+    title = f"{sc.title}" + (f"\nwhat-if: {what_if}" if what_if.strip() else "")
+    record = {"scenario": str(path), "name": sc.name, "overrides": list(overrides or []),
+              "recipe": str(recipe) if recipe else None, "sources": sc.sources}
+    if posterior is not None:
+        return _run_posterior(sc, path, out, posterior, draws, title, record, quiet)
     traj = simulate(sc.model, sc.recipe, sc.y0, 0.0, sc.duration_h, ts=sc.ts, options=sc.options,
                     label=f"scenario '{sc.name}' ({path})")
-    wv = float(sc.model.vessel.working_volume)
     summary = summarize(traj, working_volume_L=wv)
     out.mkdir(parents=True, exist_ok=True)
     write_trajectories(traj, out / "trajectories.csv")
-    what_if = ", ".join(overrides or []) + (f" recipe={recipe}" if recipe else "")
-    plot_simulation(traj, title=f"{sc.title}" + (f"\nwhat-if: {what_if}" if what_if.strip() else ""),
-                    path=out / "simulation.png", working_volume_L=wv)
-    write_json({"scenario": str(path), "name": sc.name, "overrides": list(overrides or []),
-                "recipe": str(recipe) if recipe else None, "summary": summary,
-                "sources": sc.sources}, out / "summary.json")
+    plot_simulation(traj, title=title, path=out / "simulation.png", working_volume_L=wv)
+    write_json({**record, "summary": summary}, out / "summary.json")
     if not quiet:
         _print_summary(sc.title, summary, out)
     return summary
+
+
+def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: str, record: dict,
+                   quiet: bool) -> dict:
+    import jax
+    import numpy as np
+
+    from calibration.posterior import load_draws, simulate_draws
+
+    from .io import atomic_path
+    from .plots import plot_simulation
+    from .recipe import snap_to_grid
+    from .report import band_frame, median_trajectory, summarize_ensemble, write_json, write_trajectories
+    from .simulate import ensure_success
+
+    if n < 2:
+        raise TwinError("need at least 2 posterior draws for bands", field="--draws", value=n)
+    draws = load_draws(posterior, sc.model, n)
+    recipe, moves = snap_to_grid(sc.recipe, draws.dt)
+    ens = simulate_draws(sc.model, recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts)
+    ensure_success(ens, label=f"scenario '{sc.name}' ({path}) with posterior {posterior}")
+    ens = jax.tree_util.tree_map(np.asarray, ens)
+    wv = float(sc.model.vessel.working_volume)
+    summary = summarize_ensemble(ens, working_volume_L=wv)
+    central = median_trajectory(ens)
+    out.mkdir(parents=True, exist_ok=True)
+    write_trajectories(central, out / "trajectories.csv")
+    with atomic_path(out / "bands.csv", suffix=".csv") as tmp:
+        band_frame(ens).to_csv(tmp, index=False, float_format="%.8g")
+    attrs = draws.attrs
+    title += f"\nposterior: {posterior} (strain {attrs.get('strain')}, {attrs.get('method', '').upper()}, " \
+             f"{draws.n} draws, new-batch effects, fixed grid {draws.dt:g} h)"
+    plot_simulation(central, title=title, path=out / "simulation.png", ensemble=ens, working_volume_L=wv)
+    record.update(posterior={"file": str(posterior), "strain": attrs.get("strain"), "method": attrs.get("method"),
+                             "created": attrs.get("created"), "data_hash": attrs.get("data_hash"),
+                             "draws": draws.n, "solver_dt_h": draws.dt,
+                             "recipe_breakpoints_moved_to_grid": [list(m) for m in moves]})
+    write_json({**record, "summary": summary}, out / "summary.json")
+    if not quiet:
+        _print_ensemble_summary(sc.title, summary, out, moves, draws.dt)
+    return summary
+
+
+def _print_ensemble_summary(title: str, s: dict, out: Path, moves, dt: float) -> None:
+    t = Table(title=f"{title}: posterior median [90 % interval], {s['draws']} draws", header_style="bold")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+
+    def f(key, scale=1.0, fmt=".3f", unit=""):
+        q = s[key]
+        return f"{q['median'] * scale:{fmt}} [{q['q05'] * scale:{fmt}}, {q['q95'] * scale:{fmt}}] {unit}"
+
+    t.add_row("final titer", f("final_titer_g_L", unit="g/L"))
+    t.add_row("total product (vessel + drawn)", f("total_product_kg", fmt=".1f", unit="kg"))
+    t.add_row("total sugar fed", f("substrate_fed_kg", fmt=".1f", unit="kg"))
+    t.add_row("final volume", f("final_volume_m3", fmt=".2f", unit="m3"))
+    t.add_row("peak volume", f("peak_volume_m3", fmt=".2f", unit="m3"))
+    t.add_row("minimum DO", f("min_dissolved_oxygen_pct", fmt=".1f", unit="%"))
+    if s.get("prob_peak_volume_above_working", 0) > 0:
+        t.add_row("[red]P(peak volume > working volume)[/red]", f"[red]{s['prob_peak_volume_above_working']:.2f}[/red]")
+    console.print(t)
+    if moves:
+        console.print(f"note: {len(moves)} recipe breakpoint(s) moved to the posterior's solver grid "
+                      f"({dt:g} h), e.g. {moves[0][0]} {moves[0][1]:g} h -> {moves[0][2]:g} h")
+    console.print(f"wrote {out / 'trajectories.csv'} (median), {out / 'bands.csv'}, {out / 'simulation.png'}, "
+                  f"{out / 'summary.json'}")
 
 
 def _print_summary(title: str, s: dict, out: Path) -> None:
@@ -96,10 +169,13 @@ def simulate(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="what-if override section.key=value, "
                                              "e.g. kinetics.mu_max=0.09 or controls.temperature=24 (repeatable)"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe CSV replacing the scenario's recipe"),
+    posterior: Optional[Path] = typer.Option(None, "--posterior", help="posterior.nc from `twin calibrate`: "
+                                             "simulate posterior draws and draw 50 %/90 % bands"),
+    draws: int = typer.Option(200, "--draws", help="posterior draws to simulate (with --posterior)"),
 ) -> None:
-    """Simulate a scenario: trajectories.csv, simulation.png and a summary."""
+    """Simulate a scenario: trajectories.csv, simulation.png and a summary (with --posterior: bands)."""
     with _user_errors():
-        run_scenario(scenario, out, overrides=set_, recipe=recipe)
+        run_scenario(scenario, out, overrides=set_, recipe=recipe, posterior=posterior, draws=draws)
 
 
 @app.command()

@@ -317,7 +317,29 @@ def sample(recipe: Recipe, variable: str, times) -> np.ndarray:
     return np.asarray(jax.vmap(recipe.profiles[variable])(jnp.asarray(times, dtype=float)))
 
 
-__all__ += ["recipe_from_phases", "sample", "TwinError"]
+__all__ += ["recipe_from_phases", "sample", "snap_to_grid", "TwinError"]
+
+
+def snap_to_grid(recipe: Recipe, dt: float) -> tuple[Recipe, list[tuple[str, float, float]]]:
+    """Move every phase start and end to the nearest multiple of `dt` (for `FixedGrid(dt)`).
+
+    A phase that shrinks to nothing is dropped (the phase after it starts at the snapped time).
+    Returns the snapped recipe and the moves made as `(variable, from_h, to_h)`, so callers can
+    say what changed (a fixed-step solve would otherwise act on a jump only at the next step).
+    """
+    profiles, moves = {}, []
+    for name, p in recipe.profiles.items():
+        start = np.asarray(p.start, dtype=float)
+        snapped = np.round(start / dt) * dt
+        for a, b in zip(start, snapped):
+            if abs(a - b) > 1e-9:
+                moves.append((name, float(a), float(b)))
+        keep = np.append(snapped[1:] > snapped[:-1], True)  # the last phase starting at a time wins
+        end = max(float(np.round(float(p.end) / dt) * dt), float(snapped[keep][-1]) + dt)
+        profiles[name] = Profile(jnp.asarray(snapped[keep]), jnp.asarray(end),
+                                 jnp.asarray(np.asarray(p.value)[keep]),
+                                 jnp.asarray(np.asarray(p.value_end)[keep]))
+    return Recipe(profiles), moves
 
 
 def pad_profile(profile: Profile, n_phases: int) -> Profile:

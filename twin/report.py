@@ -12,7 +12,8 @@ import pandas as pd
 from .io import atomic_path, atomic_write_text
 from .state import CONTROL_VARIABLES, LEDGER_VARIABLES, STATE_VARIABLES
 
-__all__ = ["trajectory_frame", "write_trajectories", "summarize", "write_json"]
+__all__ = ["trajectory_frame", "write_trajectories", "summarize", "write_json", "member",
+           "median_trajectory", "summarize_ensemble", "band_frame"]
 
 _OUTPUT_COLUMNS = {
     "oxygen_uptake_rate": "oxygen_uptake_rate_mmol_L_h",
@@ -81,6 +82,62 @@ def summarize(traj, *, working_volume_L: float | None = None) -> dict[str, float
     if working_volume_L:
         out["working_volume_m3"] = working_volume_L / 1000.0
     return out
+
+
+def member(ens, i: int):
+    """Member `i` of a vmapped trajectory."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: x[i], ens)
+
+
+def median_trajectory(ens):
+    """A trajectory whose states and outputs are the per-time median over an ensemble's members
+    (controls, times and solver fields of the first member)."""
+    import equinox as eqx
+    import jax
+
+    med = lambda tree: jax.tree_util.tree_map(lambda x: np.median(np.asarray(x), axis=0), tree)  # noqa: E731
+    first = member(ens, 0)
+    return eqx.tree_at(lambda t: (t.states, t.outputs), first, (med(ens.states), med(ens.outputs)))
+
+
+_QUANTILES = (5, 25, 50, 75, 95)
+
+
+def summarize_ensemble(ens, *, working_volume_L: float | None = None) -> dict:
+    """`summarize` for every member, then each figure's median and 50 % / 90 % intervals:
+    `{figure: {"median", "q05", "q25", "q75", "q95"}}`, plus `P(peak volume > working volume)`."""
+    n = int(np.asarray(ens.ts).shape[0])
+    rows = [summarize(member(ens, i), working_volume_L=working_volume_L) for i in range(n)]
+    out: dict = {"draws": n}
+    for key in rows[0]:
+        if key in ("duration_h", "working_volume_m3", "solver_steps"):
+            out[key] = rows[0][key]
+            continue
+        v = np.asarray([r[key] for r in rows], dtype=float)
+        q = np.percentile(v, _QUANTILES)
+        out[key] = {"median": q[2], "q05": q[0], "q25": q[1], "q75": q[3], "q95": q[4]}
+    if working_volume_L:
+        out["prob_peak_volume_above_working"] = float(np.mean(
+            [r["peak_volume_m3"] > r["working_volume_m3"] for r in rows]))
+    return out
+
+
+def band_frame(ens) -> pd.DataFrame:
+    """Per saved time, the 5/25/50/75/95 % quantiles over the ensemble of every state column,
+    total product and DO: columns like `product_g_L_q05`."""
+    n = int(np.asarray(ens.ts).shape[0])
+    frames = [trajectory_frame(member(ens, i)) for i in range(n)]
+    keep = [c for c in frames[0].columns
+            if c != "time_h" and (c in {i.column for i in STATE_VARIABLES.values()} or c == "total_product_g")]
+    stack = np.stack([f[keep].to_numpy() for f in frames])  # (draws, times, cols)
+    cols = {"time_h": frames[0]["time_h"].to_numpy()}
+    q = np.percentile(stack, _QUANTILES, axis=0)
+    for j, c in enumerate(keep):
+        for k, p in enumerate(_QUANTILES):
+            cols[f"{c}_q{p:02d}"] = q[k, :, j]
+    return pd.DataFrame(cols)
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:

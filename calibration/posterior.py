@@ -1,0 +1,150 @@
+"""Use a calibrated posterior outside inference: parameter draws for a new batch, ensembles.
+
+A posterior file (`twin calibrate ... --out DIR` -> `DIR/posterior.nc`) carries everything needed
+here in its attributes (parameter names and priors, which parameters vary batch to batch, the
+uncertain initial amounts, the solver grid the likelihood used), so what-ifs, recipe optimisation
+and forecasts need only the file and a scenario of the same model structure.
+
+A *new* batch (one the posterior has not seen) draws its batch effects and initial-amount
+deviations afresh from the fitted population:
+$$\\theta_{p,\\text{new}} = \\theta_p\\,e^{\\tau_p\\epsilon},\\quad \\epsilon\\sim N(0,1).$$
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import arviz as az
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin.errors import TwinError
+from twin.reactor import FermentationModel, set_parameters
+from twin.recipe import Recipe
+from twin.simulate import FixedGrid, Trajectory, simulate
+from twin.state import ReactorState
+
+from .infer import load_posterior
+
+__all__ = ["PosteriorDraws", "posterior_draws", "load_draws", "simulate_draws"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PosteriorDraws:
+    """`D` joint posterior draws, ready to simulate.
+
+    Attributes:
+        params: `{public parameter name: (D,)}`, e.g. `{"kinetics.mu_max": ...}`.
+        init_factors: `{state: (D,)}` multiplicative deviations of uncertain initial amounts.
+        noise: `{observed variable: (sd (D,), cv (D,))}` measurement noise.
+        dt: fixed solver step (h) the posterior's likelihood was computed with.
+        attrs: the posterior file's attributes (provenance).
+    """
+
+    params: dict[str, np.ndarray]
+    init_factors: dict[str, np.ndarray]
+    noise: dict[str, tuple[np.ndarray, np.ndarray]]
+    dt: float
+    attrs: dict
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.params.values())))
+
+
+def posterior_draws(idata: az.InferenceData, n: int | None = None, *, seed: int = 0,
+                    new_batch: bool = True, where: str | os.PathLike | None = None) -> PosteriorDraws:
+    """Joint draws of the strain parameters (and, for a new batch, fresh batch effects).
+
+    Args:
+        idata: a posterior from `twin calibrate`.
+        n: number of draws (all if None or more than available), chosen at random with `seed`.
+        new_batch: draw batch effects and initial deviations from the population (a batch the
+            posterior has not seen). If False, the strain-level (typical-batch) values are used.
+    """
+    attrs = {**idata.posterior.attrs, **getattr(idata, "attrs", {})}
+    for key in ("parameters", "batch_effects", "dt"):
+        if key not in attrs:
+            raise TwinError(f"posterior lacks attribute '{key}' (written by an older version)", where=where,
+                            field=key, hint="recalibrate with `twin calibrate`")
+    info = json.loads(attrs["parameters"])
+    effects = json.loads(attrs["batch_effects"])
+    initial = json.loads(attrs.get("initial", "{}"))
+    post = idata.posterior
+    total = post.sizes["chain"] * post.sizes["draw"]
+    rng = np.random.default_rng(seed)
+    idx = np.arange(total) if n is None or n >= total else np.sort(rng.choice(total, n, replace=False))
+
+    def flat(name):
+        a = np.asarray(post[name])
+        return a.reshape((total,) + a.shape[2:])[idx]
+
+    D = len(idx)
+    params = {}
+    for key, meta in info.items():
+        value = flat(key)
+        if key in effects and new_batch:
+            value = value * np.exp(flat(f"tau_{key}") * rng.standard_normal(D))
+        params[meta["name"]] = value
+    factors = {}
+    for name, log_sd in initial.items():
+        eta = rng.standard_normal(D) if new_batch else np.zeros(D)
+        factors[name] = np.exp(float(log_sd) * eta)
+    noise = {}
+    for v in post.data_vars:
+        for prefix in ("sd_", "cv_"):
+            if v.startswith(prefix):
+                var = v[len(prefix):]
+                sd, cv = noise.get(var, (np.zeros(D), np.zeros(D)))
+                noise[var] = (flat(v), cv) if prefix == "sd_" else (sd, flat(v))
+    return PosteriorDraws(params, factors, noise, float(attrs["dt"]), attrs)
+
+
+def load_draws(path: str | os.PathLike, model: FermentationModel, n: int | None = 200, *, seed: int = 0,
+               new_batch: bool = True) -> PosteriorDraws:
+    """Read a posterior file made for `model`'s structure (else `PosteriorError`) and draw from it."""
+    idata = load_posterior(path, model=model)
+    draws = posterior_draws(idata, n, seed=seed, new_batch=new_batch, where=path)
+    missing = [k for k in draws.params if not _has_parameter(model, k)]
+    if missing:
+        raise TwinError("posterior parameter not in this model", where=path, field=missing[0],
+                        hint="recalibrate for this model")
+    return draws
+
+
+def _has_parameter(model, name: str) -> bool:
+    from twin.reactor import parameter_table
+
+    return name in parameter_table(model)
+
+
+def _scale(y0: ReactorState, factors: dict) -> ReactorState:
+    for name, f in factors.items():
+        y0 = eqx.tree_at(lambda y: getattr(y, name), y0, getattr(y0, name) * f)
+    return y0
+
+
+def simulate_draws(model: FermentationModel, recipe: Recipe, y0: ReactorState, draws: PosteriorDraws,
+                   t0: float, t1: float, *, ts=None, options=None) -> Trajectory:
+    """Simulate every draw (vmap): a `Trajectory` whose leaves carry a leading draws axis.
+
+    By default on the posterior's own fixed grid (`FixedGrid(draws.dt)`): the discrete model its
+    likelihood was computed with, so predictions are those of the calibrated model.
+    """
+    options = options or FixedGrid(dt=draws.dt, max_horizon_h=float(t1) - float(t0) + draws.dt)
+    params = {k: jnp.asarray(v) for k, v in draws.params.items()}
+    factors = {k: jnp.asarray(v) for k, v in draws.init_factors.items()}
+
+    @jax.jit
+    def run(p, f):
+        def one(pi, fi):
+            m = set_parameters(model, pi, check=False)
+            return simulate(m, recipe, _scale(y0, fi), t0, t1, ts=ts, options=options)
+
+        return jax.vmap(one)(p, f)
+
+    return run(params, factors)

@@ -1,0 +1,96 @@
+"""Posterior draws outside inference: new-batch draws widen exactly by the batch-effect SD, an
+ensemble of identical draws reproduces the deterministic simulation, breakpoints snap to the
+solver grid, and a posterior from an older format or another model is refused."""
+
+import json
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pytest
+
+from calibration.infer import FORMAT_VERSION, PosteriorError, save_posterior
+from calibration.model import structure_hash
+from calibration.posterior import load_draws, posterior_draws, simulate_draws
+from twin.errors import TwinError
+from twin.reactor import get_parameter, set_parameters
+from twin.recipe import recipe_from_phases, snap_to_grid
+from twin.scenario import load_scenario
+from twin.simulate import FixedGrid, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+ERY = ROOT / "scenarios/erythromycin_like.toml"
+
+
+def _idata(model, *, n=4000, tau=0.2, seed=0, mu=0.1, dt=0.5):
+    rng = np.random.default_rng(seed)
+    log_mu = np.log(mu) + 0.05 * rng.standard_normal((2, n // 2))
+    post = {"mu_max": np.exp(log_mu), "z_mu_max": (log_mu - np.log(mu)) / 0.5,
+            "tau_mu_max": np.full((2, n // 2), tau), "sd_product": np.full((2, n // 2), 0.1)}
+    idata = az.from_dict(posterior=post)
+    idata.attrs.update({
+        "format_version": FORMAT_VERSION, "model_structure": structure_hash(model), "strain": "test",
+        "parameters": json.dumps({"mu_max": {"name": "kinetics.mu_max", "unit": "1/h", "prior_median": mu,
+                                             "prior_log_sd": 0.5}}),
+        "batch_effects": json.dumps(["mu_max"]), "initial": json.dumps({"biomass": 0.1}), "dt": dt})
+    return idata
+
+
+def test_new_batch_draws_add_the_batch_effect_variance():
+    sc = load_scenario(ERY)
+    idata = _idata(sc.model, tau=0.2)
+    typical = posterior_draws(idata, new_batch=False)
+    new = posterior_draws(idata, new_batch=True, seed=1)
+    v_typ = np.var(np.log(typical.params["kinetics.mu_max"]))
+    v_new = np.var(np.log(new.params["kinetics.mu_max"]))
+    assert v_typ == pytest.approx(0.05**2, rel=0.1)
+    assert v_new == pytest.approx(0.05**2 + 0.2**2, rel=0.1)
+    assert np.all(typical.init_factors["biomass"] == 1.0)
+    assert np.std(np.log(new.init_factors["biomass"])) == pytest.approx(0.1, rel=0.1)
+    assert set(new.noise) == {"product"} and np.all(new.noise["product"][0] == 0.1)
+    assert posterior_draws(idata, 100).n == 100
+
+
+def test_identical_draws_reproduce_the_deterministic_simulation():
+    sc = load_scenario(ERY)
+    idata = _idata(sc.model, n=8, tau=0.0, mu=float(get_parameter(sc.model, "kinetics.mu_max")))
+    draws = posterior_draws(idata, new_batch=False)
+    mu = 0.9 * draws.params["kinetics.mu_max"][0]
+    draws.params["kinetics.mu_max"][:] = mu
+    ens = simulate_draws(sc.model, sc.recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts)
+    ref = simulate(set_parameters(sc.model, {"kinetics.mu_max": mu}), sc.recipe, sc.y0, 0.0, sc.duration_h,
+                   ts=sc.ts, options=FixedGrid(dt=0.5))
+    p = np.asarray(ens.states.product)
+    assert p.shape == (8, sc.ts.shape[0])
+    np.testing.assert_allclose(p, np.broadcast_to(np.asarray(ref.states.product), p.shape), rtol=1e-10, atol=1e-9)
+
+
+def test_snap_to_grid_moves_and_drops_phases():
+    r = recipe_from_phases({"substrate_feed": [(0.0, 12.4, 0.0), (12.4, 12.6, 5.0), (12.6, 50.0, 8.0)],
+                            "temperature": [(0.0, 50.0, 25.0)]},
+                           defaults={"pH": 6.5, "aeration": 1.0, "agitation": 100.0, "back_pressure": 0.0,
+                                     "oil_feed": 0.0, "precursor_feed": 0.0, "water_feed": 0.0, "draw": 0.0},
+                           span=(0.0, 50.0))
+    snapped, moves = snap_to_grid(r, 1.0)
+    p = snapped.profiles["substrate_feed"]
+    np.testing.assert_array_equal(np.asarray(p.start), [0.0, 12.0, 13.0])
+    np.testing.assert_array_equal(np.asarray(p.value), [0.0, 5.0, 8.0])
+    assert ("substrate_feed", 12.4, 12.0) in moves and ("substrate_feed", 12.6, 13.0) in moves
+    snapped2, _ = snap_to_grid(r, 2.0)  # 12.4 and 12.6 both go to 12: the 5 L/h phase vanishes
+    p2 = snapped2.profiles["substrate_feed"]
+    np.testing.assert_array_equal(np.asarray(p2.start), [0.0, 12.0])
+    np.testing.assert_array_equal(np.asarray(p2.value), [0.0, 8.0])
+    assert snap_to_grid(snapped, 1.0)[1] == []
+
+
+def test_posterior_without_simulation_attributes_is_refused(tmp_path):
+    sc = load_scenario(ERY)
+    idata = _idata(sc.model)
+    del idata.attrs["dt"]
+    path = save_posterior(idata, tmp_path / "posterior.nc")
+    with pytest.raises(TwinError, match=r"posterior.nc: field 'dt': posterior lacks attribute 'dt'"):
+        load_draws(path, sc.model)
+    idata.attrs["format_version"] = FORMAT_VERSION - 1
+    path = save_posterior(idata, tmp_path / "old.nc")
+    with pytest.raises(PosteriorError, match="format version differs"):
+        load_draws(path, sc.model)
