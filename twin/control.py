@@ -9,14 +9,17 @@ recompile).
 Constraints, and how each holds:
 
 * **Bounds** ``lower <= u <= upper`` hold *exactly*, for any unconstrained $z$, by the map
-  $u = \ell + (h-\ell)\,\sigma(z + c)$ with $\sigma$ the logistic function.
+  $u = \ell + (h-\ell)\,f(z)$ with $f(z) = (1 + \sin z)/2$ (`Sine`, default: a bound is
+  reached at finite z with nonzero curvature, so L-BFGS lands on active bounds quickly) or the
+  logistic $\sigma(z)$ (`Logistic`).
 * **Material budget** ``sum_i w_i u_i == total`` (optional, per block, $w \ge 0$) holds exactly
-  together with the bounds: the scalar shift $c$ is the root of the monotone
-  $\sum_i w_i(h_i-\ell_i)\sigma(z_i+c) = \text{total} - \sum_i w_i\ell_i$, found by safeguarded
-  Newton (bisection fallback) with an implicit-function gradient
-  $\partial c/\partial z_i = -a_i\sigma'_i / \sum_j a_j\sigma'_j$, $a = w(h-\ell)$. Without a
-  budget $c = 0$. An unattainable total (outside $(\sum w\ell, \sum wh)$) is refused before
-  any solve.
+  together with the bounds: the fractions are shifted in logit space,
+  $f_i \to \sigma(\mathrm{logit} f_i + c)$ (monotone in $c$, and for `Sine` still smooth in z
+  at the bounds), with the scalar $c$ the root of
+  $\sum_i w_i(h_i-\ell_i)\sigma(\mathrm{logit} f_i + c) = \text{total} - \sum_i w_i\ell_i$,
+  found by safeguarded Newton (bisection fallback) with an implicit-function gradient
+  $\partial c/\partial z = -(\partial F/\partial z)/(\partial F/\partial c)$. An unattainable
+  total (outside $(\sum w\ell, \sum wh)$) is refused before any solve.
 * **Rate of change** $|u_{i+1} - u_i| \le r$ (optional, per block) and **general inequalities**
   $g(u) \le 0$ (a closure, e.g. a DO minimum or a volume maximum over a simulated trajectory)
   hold to a tolerance, through an augmented Lagrangian (Powell-Hestenes-Rockafellar) outer loop:
@@ -25,16 +28,22 @@ Constraints, and how each holds:
     \qquad \lambda \leftarrow \max(0, \lambda + \rho g),$$
 
   with the penalty $\rho$ multiplied by `growth` whenever the worst violation has not fallen to
-  a quarter of the previous round's. $s$ scales J to order one (`objective_scale`). Rate limits
-  enter as $(\pm(u_{i+1}-u_i) - r)/r \le 0$. Scale your own $g$ to order one too (e.g.
+  a quarter of the previous round's. The rounds stop once the solution is feasible (to `tol`)
+  and the inner solver converged (rather than ran out of iterations). $s$ scales J to order
+  one (`objective_scale`). Rate limits enter as $(\pm(u_{i+1}-u_i) - r)/r \le 0$. Scale your own $g$ to order one too (e.g.
   ``(20 - DO_min) / 20``), since the tolerance applies to it directly.
 
 The inner solver is `LBFGS` (optax L-BFGS with its zoom line search; default) or `Adam` (with a
 decaying learning rate; for noisy or non-smooth objectives). The inner loop is a
-`lax.while_loop`, run in chunks so that a `progress(done, total)` callback can follow it, and
-vmapped over several starts (user-given and/or random from a key); every function is jitted once
-per problem structure (block sizes, closures, options), so new bounds, budgets, starts or `args`
-values reuse the compiled code. The best *feasible* start wins; all are reported.
+`lax.while_loop`, run in chunks so that a `progress(done, total)` callback can follow it, for
+each of several starts (user-given and/or random from a key) in turn; every function is jitted
+once per problem structure (block sizes, closures, options), so new bounds, budgets, starts or
+`args` values reuse the compiled code. The best *feasible* start wins; all are reported.
+
+Conditioning: L-BFGS has one scalar initial curvature for all variables, so blocks whose
+objective sensitivities per unit z differ by orders of magnitude (say a 0-2000 L/h feed next to
+a 0-1 fraction) cost more iterations; so do the penalties of active constraints. Expect tens of
+iterations per start for a well-scaled problem and a few hundred with active constraints.
 
 Example:
     >>> import jax.numpy as jnp, jax.random as jr
@@ -57,6 +66,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -96,7 +106,8 @@ Controls = dict[str, Float[Array, " phases"]]
 
 # Starts on a bound are moved this fraction of the range inside (sigma(z) = 0 or 1 has z = -+inf).
 _START_MARGIN = 1e-3
-_NEWTON_ITERATIONS = 60
+_NEWTON_ITERATIONS = 80
+_Z_CLIP = 40.0  # Logistic clips z here: sigma(+-40) is 1 or 0 to round-off
 
 
 class ControlError(TwinError):
@@ -121,11 +132,20 @@ class Budget(eqx.Module):
 
 
 class AbstractTransform(eqx.Module):
-    """A smooth map from an unconstrained z to a fraction of the range in [0, 1] (exactly)."""
+    r"""A smooth map from an unconstrained z to a fraction of the range f in [0, 1] (exactly),
+    and its budget-shifted form $f_c = \sigma(\mathrm{logit}\,f + c)$, monotone in $c$."""
 
     @abc.abstractmethod
     def fraction(self, z: Float[Array, " phases"]) -> Float[Array, " phases"]:
         """The fraction of the range at z."""
+
+    @abc.abstractmethod
+    def shifted(self, z: Float[Array, " phases"], c: Scalar) -> Float[Array, " phases"]:
+        """sigma(logit(fraction(z)) + c), written so that it is smooth in z (c = 0: fraction)."""
+
+    @abc.abstractmethod
+    def logit(self, z: Float[Array, " phases"]) -> Float[Array, " phases"]:
+        """logit(fraction(z)) (+-inf where the fraction is exactly 1 or 0: pinned)."""
 
     @abc.abstractmethod
     def inverse(self, fraction: Float[Array, " phases"]) -> Float[Array, " phases"]:
@@ -133,24 +153,43 @@ class AbstractTransform(eqx.Module):
 
 
 class Sine(AbstractTransform):
-    r"""$f = (1 + \sin z)/2$: reaches the bounds at finite z, where J(z) has zero slope and a
-    nonzero curvature, so L-BFGS converges quickly onto an active bound (the default without a
-    budget). Periodic, hence not monotone: not for budgets."""
+    r"""$f = (1 + \sin z)/2$ (the default).
+
+    A bound is reached at a finite z, where J(z) has zero slope and nonzero curvature, so
+    L-BFGS converges onto an active bound in a few iterations, and the slope comes back if the
+    optimum moves off it (no saturation). With a budget, $f_c = (1+s)/((1+s) + (1-s)e^{-c})$,
+    $s = \sin z$, which equals $\sigma(\mathrm{logit}\,f + c)$ and keeps these properties.
+    """
 
     def fraction(self, z):
         return 0.5 * (1.0 + jnp.sin(z))
+
+    def shifted(self, z, c):
+        s = jnp.sin(z)
+        return (1.0 + s) / ((1.0 + s) + (1.0 - s) * jnp.exp(-c))
+
+    def logit(self, z):
+        s = jnp.sin(z)
+        return jnp.log1p(s) - jnp.log1p(-s)
 
     def inverse(self, fraction):
         return jnp.arcsin(2.0 * fraction - 1.0)
 
 
 class Logistic(AbstractTransform):
-    r"""$f = \sigma(z) = 1/(1 + e^{-z})$: monotone, so a budget is one scalar shift (the default,
-    and the only choice, with a budget). A bound is approached as z -> +-inf, so convergence onto
-    an active bound is slower than with `Sine`."""
+    r"""$f = \sigma(z) = 1/(1 + e^{-z})$, with z clipped to +-40 (where $\sigma$ is 0 or 1 to
+    round-off). A bound is approached only as z -> +-inf, with a slope that vanishes like
+    $e^{-|z|}$: convergence onto an active bound is slower than with `Sine`, and a phase
+    pushed deep into saturation hardly moves again."""
 
     def fraction(self, z):
-        return jax.nn.sigmoid(z)
+        return jax.nn.sigmoid(jnp.clip(z, -_Z_CLIP, _Z_CLIP))
+
+    def shifted(self, z, c):
+        return jax.nn.sigmoid(jnp.clip(z, -_Z_CLIP, _Z_CLIP) + c)
+
+    def logit(self, z):
+        return jnp.clip(z, -_Z_CLIP, _Z_CLIP)
 
     def inverse(self, fraction):
         return jnp.log(fraction) - jnp.log1p(-fraction)
@@ -159,8 +198,9 @@ class Logistic(AbstractTransform):
 class Block(eqx.Module):
     r"""One named vector of n phase values with per-phase bounds, an optional budget and rate limit.
 
-    $u = \ell + (h-\ell)\,f(z + c)$ with $f$ the block's `transform`: bounds exact for every
-    $z$; the shift $c$ enforces the budget (zero without one).
+    $u = \ell + (h-\ell)\,\sigma(\mathrm{logit} f(z) + c)$ with $f$ the block's `transform`:
+    bounds exact for every $z$; the shift $c$ enforces the budget (zero without one, when
+    $u = \ell + (h-\ell) f(z)$).
 
     Args:
         name: the key of this block in the controls dict.
@@ -170,14 +210,13 @@ class Block(eqx.Module):
         budget: an optional `Budget`.
         max_change: an optional rate limit $r > 0$: $|u_{i+1} - u_i| \le r$ (control units),
             held to the augmented-Lagrangian tolerance.
-        transform: `Sine()` or `Logistic()`; default `Sine()` without a budget, `Logistic()`
-            with one (required).
+        transform: `Sine()` (default) or `Logistic()`.
 
     Raises:
         ControlError: bounds of different shapes, not finite, or `lower > upper`; a budget whose
             weights are negative or of the wrong length, or whose total lies outside the
             attainable range; `max_change <= 0`; bounds of neighbouring phases further apart
-            than `max_change`; a budget with a transform other than `Logistic`.
+            than `max_change`.
     """
 
     name: str = eqx.field(static=True)
@@ -211,9 +250,7 @@ class Block(eqx.Module):
         self.lower, self.upper = jnp.asarray(lo), jnp.asarray(hi)
         self.budget = budget
         self.max_change = None if max_change is None else jnp.asarray(max_change, dtype=float)
-        if transform is None:
-            transform = Sine() if budget is None else Logistic()
-        self.transform = transform
+        self.transform = Sine() if transform is None else transform
         _check_budget(self)
         _check_rate(self)
 
@@ -225,8 +262,12 @@ class Block(eqx.Module):
     def controls(self, z: Float[Array, " phases"]) -> Float[Array, " phases"]:
         """The phase values u (within the bounds, on the budget) of the unconstrained `z`."""
         lo, hi = self.lower, self.upper
-        c = 0.0 if self.budget is None else _budget_shift(z, *self._budget_terms())
-        u = lo + (hi - lo) * self.transform.fraction(z + c)
+        if self.budget is None:
+            frac = self.transform.fraction(z)
+        else:
+            c = _budget_shift(self.transform, z, *self._budget_terms())
+            frac = self.transform.shifted(z, c)
+        u = lo + (hi - lo) * frac
         return jnp.clip(u, lo, hi)  # round-off only: the bounds hold to the last bit
 
     def unconstrained(self, u: Float[ArrayLike, " phases"]) -> Float[Array, " phases"]:
@@ -255,9 +296,6 @@ def _check_budget(block: Block) -> None:
     if b is None:
         return
     where = f"block '{block.name}'"
-    if not isinstance(block.transform, Logistic):
-        raise ControlError("a budget needs the monotone Logistic() transform",
-                           where=where, value=type(block.transform).__name__)
     if b.weights is not None:
         w = np.asarray(b.weights)
         if w.shape != (block.n,):
@@ -292,28 +330,36 @@ def _check_rate(block: Block) -> None:
                            f"than max_change={r:g}", where=where)
 
 
-@jax.custom_jvp
-def _budget_shift(z: Float[Array, " n"], a: Float[Array, " n"], b: Scalar) -> Scalar:
-    """The root c of sum_i a_i sigmoid(z_i + c) = b, for a >= 0 and 0 < b < sum(a).
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _budget_shift(transform: AbstractTransform, z: Float[Array, " n"], a: Float[Array, " n"],
+                  b: Scalar) -> Scalar:
+    r"""The root c of $F(c) = \sum_i a_i \sigma(L_i + c) - b$, $L = $ `transform.logit(z)`.
 
-    Safeguarded Newton: the bracket [logit(b/A) - max z, logit(b/A) - min z] (A = sum a) holds
-    the root; a Newton step leaving it is replaced by bisection. A fixed number of iterations
-    (bisection alone would reach round-off in 60).
+    For a >= 0 and 0 < b < sum(a), F is increasing. Phases pinned on a bound (L = +-inf: a Sine
+    fraction exactly 0 or 1) are constants; over the free ones the root lies in
+    [logit(r) - max L, logit(r) - min L], r = (b - pinned at 1) / (sum of free a). Safeguarded
+    Newton (a step leaving the bracket becomes bisection), a fixed number of iterations: the
+    bracket is at most ~150 wide (|L| <= 40 for Logistic, <= 38 for Sine) and bisection alone
+    reaches round-off within `_NEWTON_ITERATIONS`.
     """
-    r = b / jnp.sum(a)
+    L = transform.logit(z)
+    free = (a > 0) & jnp.isfinite(L)
+    a_free = jnp.sum(jnp.where(free, a, 0.0))
+    b_free = b - jnp.sum(jnp.where((a > 0) & (L == jnp.inf), a, 0.0))
+    r = jnp.clip(b_free / jnp.where(a_free > 0, a_free, 1.0), 1e-300, 1.0 - 1e-16)
     lr = jnp.log(r) - jnp.log1p(-r)
-    active = a > 0
-    lo = lr - jnp.max(jnp.where(active, z, -jnp.inf))
-    hi = lr - jnp.min(jnp.where(active, z, jnp.inf))
+    lo = lr - jnp.max(jnp.where(free, L, -jnp.inf))
+    hi = lr - jnp.min(jnp.where(free, L, jnp.inf))
+    lo, hi = jnp.where(a_free > 0, lo, 0.0), jnp.where(a_free > 0, hi, 0.0)
 
     def body(_, carry):
         c, lo, hi = carry
-        s = jax.nn.sigmoid(z + c)
-        f = jnp.sum(a * s) - b
-        df = jnp.sum(a * s * (1.0 - s))
-        lo = jnp.where(f < 0, c, lo)
-        hi = jnp.where(f > 0, c, hi)
-        newton = c - f / df
+        f = transform.shifted(z, c)
+        F = jnp.sum(a * f) - b
+        dF = jnp.sum(a * f * (1.0 - f))
+        lo = jnp.where(F < 0, c, lo)
+        hi = jnp.where(F > 0, c, hi)
+        newton = c - F / dF
         ok = (newton > lo) & (newton < hi) & jnp.isfinite(newton)
         return jnp.where(ok, newton, 0.5 * (lo + hi)), lo, hi
 
@@ -322,13 +368,14 @@ def _budget_shift(z: Float[Array, " n"], a: Float[Array, " n"], b: Scalar) -> Sc
 
 
 @_budget_shift.defjvp
-def _budget_shift_jvp(primals, tangents):
+def _budget_shift_jvp(transform, primals, tangents):
+    """Implicit function theorem: dc = -(dF/dz dz + dF/da da + dF/db db) / (dF/dc)."""
     z, a, b = primals
     dz, da, db = tangents
-    c = _budget_shift(z, a, b)
-    s = jax.nn.sigmoid(z + c)
-    slope = jnp.sum(a * s * (1.0 - s))  # dF/dc, F(c; z, a, b) = sum a sigma(z + c) - b
-    dF = jnp.sum(a * s * (1.0 - s) * dz) + jnp.sum(s * da) - db
+    c = _budget_shift(transform, z, a, b)
+    f, df_dz = jax.jvp(lambda z: transform.shifted(z, c), (z,), (dz,))
+    slope = jnp.sum(a * f * (1.0 - f))  # dF/dc: d sigma(L + c)/dc = f (1 - f)
+    dF = jnp.sum(a * df_dz) + jnp.sum(f * da) - db
     return c, jnp.where(slope > 0, -dF / jnp.where(slope > 0, slope, 1.0), 0.0)
 
 
@@ -412,7 +459,7 @@ class LBFGS(eqx.Module):
     max_steps: int = eqx.field(static=True, default=300)
     memory: int = eqx.field(static=True, default=10)
     gtol: float = eqx.field(static=True, default=1e-9)
-    ftol: float = eqx.field(static=True, default=1e-6)
+    ftol: float = eqx.field(static=True, default=1e-9)
     patience: int = eqx.field(static=True, default=10)
     max_linesearch_steps: int = eqx.field(static=True, default=20)
 
@@ -701,7 +748,7 @@ def solve(problem: ControlProblem, *, args: PyTree = None,
             if viol > outer.tol and viol > 0.25 * prev_viol:
                 rho = jnp.minimum(rho * outer.growth, outer.max_penalty)
             prev_viol = viol
-            if viol <= outer.tol:
+            if viol <= outer.tol and converged:  # feasible, and the inner solve converged
                 break
         finals.append(z)
         iterations.append(its)
