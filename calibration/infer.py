@@ -134,10 +134,11 @@ def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | 
                   init_strategy=init_to_value(values=init) if init else init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=int(inf["warmup"]), num_samples=int(inf["samples"]), num_chains=1,
                 progress_bar=False)
-    mcmc.warmup(jax.random.PRNGKey(seed + 1000 * chain), collect_warmup=False)
+    fields = ("diverging", "num_steps", "accept_prob")
+    mcmc.warmup(jax.random.PRNGKey(seed + 1000 * chain), collect_warmup=False, extra_fields=fields)
     if q is not None:
         q.put(("warmup_done", chain))
-    mcmc.run(mcmc.post_warmup_state.rng_key)
+    mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=fields)
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
     extra = mcmc.get_extra_fields()
     return {"samples": samples, "diverging": np.asarray(extra["diverging"]),

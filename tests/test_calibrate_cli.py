@@ -44,3 +44,19 @@ def test_calibrate_missing_strain_file(tmp_path):
     res = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nope.toml"), "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert "nope.toml: strain file not found" in res.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_calibrates(tmp_path):
+    """`twin demo` (few SVI steps): scenarios, history, calibration and the posterior what-if."""
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "fig"),
+                                   "--svi-steps", "20"])
+    assert res.exit_code == 0, res.output
+    for name in ("demo_history.png", "calibration_fit.png", "calibration_parameters.png",
+                 "penicillin_indpensim_posterior.png", "penicillin_like_simulation.png"):
+        assert (tmp_path / "fig" / name).is_file(), name
+    s = json.loads((tmp_path / "out/penicillin_indpensim_posterior/summary.json").read_text())["summary"]
+    q = s["total_product_kg"]
+    assert q["q05"] <= q["q25"] <= q["median"] <= q["q75"] <= q["q95"]
+    bands = pd.read_csv(tmp_path / "out/penicillin_indpensim_posterior/bands.csv")
+    assert (bands["product_g_L_q05"] <= bands["product_g_L_q95"] + 1e-12).all()

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,7 +34,7 @@ def _user_errors():
     try:
         yield
     except TwinError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -198,8 +199,13 @@ def params(scenario: Path = typer.Argument(..., help="scenario TOML")) -> None:
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", help="where results go"),
     figures: Path = typer.Option(REPO / "figures", "--figures", help="where the PNGs are copied"),
+    calibrate_history: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                           help="calibrate the IndPenSim strain on the demo history (SVI)"),
+    svi_steps: int = typer.Option(1500, "--svi-steps", help="SVI steps of the demo calibration"),
 ) -> None:
-    """The main job on the embedded data: simulate every shipped scenario and plot the demo plant history."""
+    """The main job on the embedded data: simulate every shipped scenario, plot the demo plant
+    history, calibrate the IndPenSim strain on it (SVI) and draw the plant scenario with the
+    posterior's bands."""
     with _user_errors():
         scenarios = sorted(SCENARIOS.glob("*.toml"))
         if not scenarios:
@@ -223,6 +229,8 @@ def demo(
                       f"{s['min_dissolved_oxygen_pct']:.1f}")
         console.print(t)
         _demo_history(out, figures)
+        if calibrate_history:
+            _demo_calibration(out, figures, svi_steps)
         console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; figures in {figures}")
 
 
@@ -271,6 +279,43 @@ def calibrate(
             raise typer.Exit(3)
 
 
+@app.command()
+def optimize(
+    scenario: Path = typer.Argument(..., help="scenario TOML with an [optimize] table"),
+    posterior: Path = typer.Option(..., "--posterior", help="posterior.nc from `twin calibrate` for this model"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="recipe CSV to beat (default: the scenario's)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override section.key=value (repeatable)"),
+) -> None:
+    """Optimise the recipe over posterior draws: recipe.csv, summary.json, recipe_vs_history.png,
+    outcome.png and why.png. Writes nothing if the recipe fails a constraint on the check draws."""
+    from .optimize import run_optimize
+
+    with _user_errors():
+        with _progress() as prog:
+            task = prog.add_task("optimising (L-BFGS iterations, all starts and rounds)", total=None)
+
+            def cb(done, total):
+                prog.update(task, completed=done, total=total)
+
+            s = run_optimize(scenario, posterior, out, baseline_path=baseline, progress=cb, overrides=set_)
+        t = Table(title=f"Recipe optimisation ({s['check_draws']} posterior draws, new batches)", header_style="bold")
+        t.add_column("figure")
+        t.add_column("value", justify="right")
+        p = s["predicted_total_product_kg"]
+        t.add_row("total product, new vs baseline (median)", f"{p['new_median']:.0f} vs {p['baseline_median']:.0f} kg")
+        t.add_row("expected gain [90 % interval]",
+                  f"{s['expected_gain_pct']:+.2f} % [{s['gain_pct_90ci'][0]:+.2f}, {s['gain_pct_90ci'][1]:+.2f}]")
+        t.add_row("P(new beats baseline)", f"{s['prob_new_beats_baseline']:.2f}")
+        for k, m in s["material_L"].items():
+            if m["baseline"]:
+                t.add_row(f"{k} used vs baseline", f"{m['new']:.0f} / {m['baseline']:.0f} L ({100 * m['relative_difference']:+.3f} %)")
+        for k, c in s["constraints_new_recipe"].items():
+            t.add_row(f"{k}: worst over draws (limit)", f"{c['worst']:.3g} ({c['limit']:.3g})")
+        console.print(t)
+        console.print(f"wrote {out}/recipe.csv, summary.json, recipe_vs_history.png, outcome.png, why.png")
+
+
 def _demo_history(out: Path, figures: Path) -> None:
     from .plants import demo_history_dir
 
@@ -286,6 +331,32 @@ def _demo_history(out: Path, figures: Path) -> None:
                                     "as markers, online signals as lines)", path=out / "history.png")
     shutil.copyfile(path, figures / "demo_history.png")
     console.print(f"plant history: {len(hist)} batches from {d} -> {figures / 'demo_history.png'}")
+
+
+def _demo_calibration(out: Path, figures: Path, svi_steps: int) -> None:
+    from calibration.run import run_calibration
+
+    strain = REPO / "calibration/strains/penicillin_indpensim.toml"
+    cal = out / "calibration"
+    with _progress() as prog:
+        task = prog.add_task("calibrating on the demo history", total=None)
+
+        def cb(stage, done, total):
+            prog.update(task, description=f"calibrating ({stage})", completed=done, total=total)
+
+        result, diag = run_calibration(strain, cal, method="svi", progress=cb, svi_steps=svi_steps)
+    for name in ("fit.png", "parameters.png"):
+        shutil.copyfile(cal / name, figures / f"calibration_{name}")
+    cov = ", ".join(f"{k} {v:.0%}" for k, v in diag["in_sample_90pct_coverage"].items())
+    console.print(f"calibrated {result.spec.name} on {result.data.n_batches} batches (SVI, {result.wall_s:.0f} s); "
+                  f"in-sample 90 % band coverage: {cov}; {cal}/summary.csv")
+    scenario = SCENARIOS / "penicillin_indpensim.toml"
+    s = run_scenario(scenario, out / "penicillin_indpensim_posterior", posterior=cal / "posterior.nc", quiet=True)
+    shutil.copyfile(out / "penicillin_indpensim_posterior" / "simulation.png",
+                    figures / "penicillin_indpensim_posterior.png")
+    q = s["total_product_kg"]
+    console.print(f"default IndPenSim recipe, new batch, posterior: total penicillin {q['median']:.0f} kg "
+                  f"[90 % {q['q05']:.0f}-{q['q95']:.0f}] -> {figures / 'penicillin_indpensim_posterior.png'}")
 
 
 def _mount_plant() -> None:

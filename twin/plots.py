@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
-__all__ = ["plot_simulation", "plot_history", "save"]
+__all__ = ["plot_simulation", "plot_history", "save", "plot_recipe_vs_history", "plot_outcome", "plot_sensitivity"]
 
 _STATE_PANELS = (
     ("biomass", "Biomass X", "g/L"),
@@ -246,3 +246,96 @@ def plot_parameters(names, units, prior_median, prior_log_sd, posterior: dict, *
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path, dpi=100)
+
+
+def _step(ax, ts, v, **kw):
+    ax.step(ts, v, where="post", **kw)
+
+
+def plot_recipe_vs_history(variables, ts, new: dict, baseline: dict, history: dict | None, *, units: dict,
+                           title: str, path: str | os.PathLike) -> Path:
+    """Each manipulated variable: the new recipe over the band of what operators did (median and
+    range over the historical batches) and the baseline.
+
+    Args:
+        variables: names to draw (one panel each).
+        ts: times, h.
+        new, baseline: `{variable: values at ts}`.
+        history: `{variable: (batches, times) values at ts}` or None.
+    """
+    n = len(variables)
+    fig, axes = plt.subplots(n, 1, figsize=(11, 2.6 * n), sharex=True, squeeze=False)
+    for ax, var in zip(axes[:, 0], variables):
+        if history and var in history:
+            h = np.asarray(history[var])
+            ax.fill_between(ts, h.min(axis=0), h.max(axis=0), step="post", color="0.75", alpha=0.6,
+                            lw=0, label=f"operators: range of {h.shape[0]} batches")
+            _step(ax, ts, np.median(h, axis=0), color="0.4", lw=1.0, label="operators: median")
+        _step(ax, ts, baseline[var], color="k", ls="--", lw=1.3, label="baseline recipe")
+        _step(ax, ts, new[var], color="C3", lw=2.0, label="new recipe")
+        ax.set_ylabel(f"{var}\n{units.get(var, '')}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=4)
+    axes[-1, 0].set_xlabel("time, h")
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+_OUTCOME_PANELS = (("product", "Product titer", "g/L"), ("total_product", "Total product (vessel + drawn)", "kg"),
+                   ("biomass", "Biomass", "g/L"), ("substrate", "Sugar", "g/L"),
+                   ("dissolved_oxygen", "Dissolved oxygen", "% air sat."), ("volume", "Broth volume", "m3"))
+
+
+def _outcome_series(ens, name):
+    if name == "total_product":
+        return np.asarray(ens.total_product) / 1000.0
+    if name == "volume":
+        return np.asarray(ens.states.volume) / 1000.0
+    if name == "dissolved_oxygen":
+        return np.asarray(ens.outputs.dissolved_oxygen)
+    return np.asarray(getattr(ens.states, name)) / np.asarray(ens.states.volume)
+
+
+def plot_outcome(ens_new, ens_base, *, title: str, path: str | os.PathLike, limits: dict | None = None) -> Path:
+    """Predicted trajectories with posterior bands (median, 50 % and 90 %), new recipe vs baseline.
+
+    Args:
+        ens_new, ens_base: vmapped `Trajectory` over the same posterior draws.
+        limits: optional `{"dissolved_oxygen": min %, "volume": max m3}` drawn as lines.
+    """
+    fig, axes = plt.subplots(3, 2, figsize=(12, 10), sharex=True)
+    ts = np.asarray(ens_new.ts)[0]
+    for ax, (name, label, unit) in zip(axes.ravel(), _OUTCOME_PANELS):
+        for ens, color, who in ((ens_base, "0.3", "baseline"), (ens_new, "C3", "new recipe")):
+            y = _outcome_series(ens, name)
+            for lo, hi, a in ((5, 95, 0.15), (25, 75, 0.3)):
+                ax.fill_between(ts, np.percentile(y, lo, axis=0), np.percentile(y, hi, axis=0), color=color,
+                                alpha=a, lw=0)
+            ax.plot(ts, np.median(y, axis=0), color=color, lw=1.8, label=f"{who}: median, 50/90 % bands")
+        if limits and name in limits:
+            ax.axhline(limits[name], color="k", ls=":", lw=1, label="limit")
+        ax.set_title(label, fontsize=10)
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("time, h")
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def plot_sensitivity(edges, sens: dict, units: dict, *, title: str, path: str | os.PathLike) -> Path:
+    """dJ/du per phase of every optimised variable (bars over each phase's time window)."""
+    n = len(sens)
+    fig, axes = plt.subplots(n, 1, figsize=(11, 2.4 * n), sharex=True, squeeze=False)
+    edges = np.asarray(edges)
+    for ax, (var, g) in zip(axes[:, 0], sens.items()):
+        g = np.asarray(g)
+        colors = ["C2" if x > 0 else "C3" for x in g]
+        ax.bar(edges[:-1], g, width=np.diff(edges), align="edge", color=colors, edgecolor="k", lw=0.5)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylabel(f"d(product)/d({var})\nkg per {units.get(var, '')}", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("time, h (phase windows)")
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)

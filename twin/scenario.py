@@ -58,6 +58,7 @@ _SCHEMA: dict[str, set[str]] = {
     "recipe": {"file", "phases"},
     "solver": {"method", "rtol", "atol", "dt", "max_steps"},
     "sources": None,  # free
+    "optimize": None,  # checked by twin.optimize.load_optimize_spec
 }
 _REQUIRED = {"scenario": {"name", "duration_h"}, "model": {"growth"}, "kinetics": set(),
              "vessel": set(), "feeds": set(), "initial": {"biomass", "substrate", "volume"},

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,7 +32,7 @@ _err = Console(stderr=True)
 
 
 def _fail(exc: TwinError) -> None:
-    _err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+    _err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

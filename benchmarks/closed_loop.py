@@ -1,0 +1,110 @@
+"""Proof on the plant: a recipe from the twin, run on IndPenSim seeds it never saw, vs the default.
+
+1. Calibrate the twin on the 12-batch demo history (`calibration/strains/penicillin_indpensim.toml`,
+   SVI) unless `--posterior` is given.
+2. `twin optimize scenarios/penicillin_indpensim.toml` (its `[optimize]` table: sugar and oil feeds
+   reshaped at equal totals, temperature per phase within the history's range, volume <= 100 m3,
+   DO >= 20 %): the recipe comes from the twin alone; the plant is not called in the loop.
+3. Run the recipe and the plant's default recipe on plant seeds 100-109 (never in the history,
+   which used seeds 0-11 of history seed 0 -> plant seeds 0..11), paired per seed, and report per seed
+   the gain in total penicillin (vessel + harvest draws), sugar, oil, PAA, base, peak volume.
+
+The recipe handed to the plant is the twin's with one substitution: the twin feeds PAA at the
+plant's typical recorded rate (its stand-in for the plant's PAA PID, which holds PAA from 9.8 h
+and refuses recipe PAA after that), so the plant gets its default PAA profile back and its own
+loop decides. Acid and base come from the plant's pH loop in both arms.
+
+Targets (issue 5): mean gain >= +5 %, no seed worse than -1 %, volume never above 100 m3, base at
+most 10 % above the default's, equal sugar and oil. Ends with `name: value` headline lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import twin  # noqa: E402,F401
+from twin.plants import default_recipe  # noqa: E402
+from twin.plants.history import compare_recipes, parse_seeds, write_comparison_csv  # noqa: E402
+from twin.recipe import read_recipe_csv  # noqa: E402
+
+STRAIN = ROOT / "calibration/strains/penicillin_indpensim.toml"
+SCENARIO = ROOT / "scenarios/penicillin_indpensim.toml"
+
+
+def for_plant(recipe):
+    """The twin's recipe with the plant's own PAA profile (its PID decides PAA from 9.8 h)."""
+    return recipe.with_profile("precursor_feed", default_recipe().profiles["precursor_feed"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--posterior", type=Path, help="posterior.nc (default: calibrate now, SVI)")
+    ap.add_argument("--svi-steps", type=int, default=1500)
+    ap.add_argument("--seeds", default="100-109")
+    ap.add_argument("--out", type=Path, default=ROOT / "out/closed_loop")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="scenario override for the optimisation, e.g. optimize.iterations=50")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    a.out.mkdir(parents=True, exist_ok=True)
+    head = {}
+    posterior = a.posterior
+    if posterior is None:
+        from calibration.run import run_calibration
+
+        res, diag = run_calibration(STRAIN, a.out / "calibration", method="svi", svi_steps=a.svi_steps)
+        posterior = a.out / "calibration/posterior.nc"
+        head["calibration_s"] = round(res.wall_s, 1)
+        print(f"calibrated on {res.data.n_batches} demo batches (SVI) in {res.wall_s:.0f} s", flush=True)
+    from twin.optimize import run_optimize
+
+    t = time.perf_counter()
+    s = run_optimize(SCENARIO, posterior, a.out / "optimize", overrides=a.overrides)
+    head["optimize_s"] = round(time.perf_counter() - t, 1)
+    print(f"optimised in {head['optimize_s']:.0f} s: predicted gain {s['expected_gain_pct']:+.2f} % "
+          f"[90 %: {s['gain_pct_90ci'][0]:+.2f}, {s['gain_pct_90ci'][1]:+.2f}], "
+          f"P(better) {s['prob_new_beats_baseline']:.2f}", flush=True)
+    sc_recipe = read_recipe_csv(a.out / "optimize/recipe.csv")
+    plant_recipe = for_plant(sc_recipe)
+    seeds = parse_seeds(a.seeds)
+    t = time.perf_counter()
+    cmp = compare_recipes(plant_recipe, seeds, baseline=default_recipe(),
+                          progress=lambda j, sd: print(f"  plant seed {sd} done ({j + 1}/{len(seeds)})", flush=True))
+    head["plant_s"] = round(time.perf_counter() - t, 1)
+    write_comparison_csv(cmp, a.out / "plant_comparison.csv")
+    tab = cmp.table
+    gain = tab["penicillin_total_kg_diff_pct"].to_numpy()
+    base_ratio = tab["base_L_recipe"].to_numpy() / tab["base_L_default"].to_numpy()
+    print("\nseed  gain %   sugar %   oil %   PAA %   base %   peak volume m3 (recipe / default)")
+    for _, r in tab.iterrows():
+        print(f"{int(r['seed']):4d}  {r['penicillin_total_kg_diff_pct']:+6.2f}  {r['sugar_kg_diff_pct']:+7.2f}  "
+              f"{r['oil_L_diff_pct']:+6.2f}  {r['paa_kg_diff_pct']:+6.2f}  {r['base_L_diff_pct']:+6.2f}   "
+              f"{r['peak_volume_L_recipe'] / 1000:6.2f} / {r['peak_volume_L_default'] / 1000:6.2f}")
+    head["predicted_mean_gain_pct"] = round(s["expected_gain_pct"], 2)
+    head["predicted_gain_90ci_low_pct"] = round(s["gain_pct_90ci"][0], 2)
+    head["predicted_gain_90ci_high_pct"] = round(s["gain_pct_90ci"][1], 2)
+    head["closed_loop_mean_gain_pct"] = round(float(gain.mean()), 2)
+    head["closed_loop_min_gain_pct"] = round(float(gain.min()), 2)
+    head["closed_loop_seeds_better"] = int((gain > 0).sum())
+    head["closed_loop_n_seeds"] = len(seeds)
+    head["plant_peak_volume_max_m3"] = round(float(tab["peak_volume_L_recipe"].max()) / 1000, 2)
+    head["plant_base_ratio_max"] = round(float(base_ratio.max()), 3)
+    head["plant_sugar_diff_pct_max_abs"] = round(float(np.abs(tab["sugar_kg_diff_pct"]).max()), 2)
+    head["plant_oil_diff_pct_max_abs"] = round(float(np.abs(tab["oil_L_diff_pct"]).max()), 2)
+    head["plant_paa_diff_pct_mean"] = round(float(tab["paa_kg_diff_pct"].mean()), 2)
+    head["wall_s"] = round(time.perf_counter() - t0, 1)
+    for k, v in head.items():
+        print(f"{k}: {v}")
+    return head
+
+
+if __name__ == "__main__":
+    main()
