@@ -136,6 +136,7 @@ TARGET_W = np.array([0.2, 1.5, 0.9, -0.3, 0.7, 1.2])
 W = np.array([1.0, 1.0, 2.0, 2.0, 1.0, 1.0])
 TOTAL = 3.0
 TRACES = {"n": 0}
+TIGHT = LBFGS(ftol=1e-11)  # the analytic optima are checked to 1e-5: stop on 1e-11 progress
 
 
 def _constrained_objective(c, tv):
@@ -176,7 +177,7 @@ def constrained():
     """max -(x0-3)^2 - (x1-2)^2 - |v - step|^2 s.t. x0 + x1 <= 3, |v[i+1] - v[i]| <= 0.25."""
     calls = []
     res = solve(_constrained_problem(), args=jnp.asarray(TARGET_V),
-                starts=[{"x": 0.0, "v": 0.5}], n_random=2, key=jr.key(0),
+                starts=[{"x": 0.0, "v": 0.5}], n_random=2, key=jr.key(0), solver=TIGHT,
                 progress=lambda done, total: calls.append((done, total)))
     return res, calls
 
@@ -230,12 +231,12 @@ def test_new_values_do_not_recompile(constrained):
     objective is not traced again)."""
     before = TRACES["n"]
     res = solve(_constrained_problem(upper=1.5), args=jnp.asarray(TARGET_V) * 0.5,
-                starts=[{"x": 1.0, "v": 0.2}])
+                starts=[{"x": 1.0, "v": 0.2}], solver=TIGHT)
     assert TRACES["n"] == before
     assert res.feasible and np.all(res.controls["v"] <= 1.5)
 
 
-@pytest.mark.parametrize("solver", [LBFGS(), Adam(max_steps=1500, learning_rate=0.1)],
+@pytest.mark.parametrize("solver", [TIGHT, Adam(max_steps=1500, learning_rate=0.1)],
                          ids=["lbfgs", "adam"])
 def test_budget_block_reaches_the_analytic_projection(solver):
     """max -|w - t|^2 with sum(w_i u_i) = 3 and 0 <= u <= 1: the optimum is the weighted

@@ -17,8 +17,8 @@ Two integrators, written independently:
   differentiable by reverse mode. Each interval takes the fewest equal steps of at most
   `max_step` h (0.075 h for Park-Ramirez, 0.07 h for Lee-Ramirez: 4 and 3 steps per interval at
   N = 50), which keeps J within about 2e-7 relative of the reference near the optima (4e-4 at
-  random controls of Park-Ramirez, whose glucose balance is stiff: its explicit steps
-  are unstable beyond about 0.2 h).
+  random controls of Park-Ramirez, whose glucose balance is stiff: explicit steps of 0.375 h
+  diverge there).
 * `reference_objective`: scipy `solve_ivp` (LSODA or Radau, rtol = atol = 1e-10) on a NumPy
   right-hand side, interval by interval. Score every solution with it, never with the optimiser's
   own objective.
@@ -276,11 +276,11 @@ def simulate(problem: AbstractOCP, u: Float[ArrayLike, "intervals controls"]) ->
     """The state at t_f under controls piecewise constant on N equal intervals.
 
     Fixed-step Tsit5 (diffrax's `Tsit5.step`): `lax.scan` over the N intervals, each taking
-    `substeps(problem, N)` equal steps (an inner scan, unrolled up to 4 steps at a time) under its
-    constant control. No step straddles a
-    control jump, so the map u -> state is smooth; the solver restarts its first-same-as-last
-    stage at every interval. The state is flattened (`ravel_pytree`) inside the integrator only:
-    fewer, larger array operations per stage.
+    `substeps(problem, N)` equal steps (an inner scan, unrolled up to 4 steps at a time) under
+    its constant control. No step straddles a control jump, so the map u -> state is smooth; the
+    solver restarts its first-same-as-last stage at every interval. The state is flattened
+    (`ravel_pytree`) inside the integrator only: fewer, larger array operations per stage (2.5
+    times faster value and gradient than stepping the state Module).
 
     Args:
         problem: the problem.
