@@ -8,8 +8,11 @@ Measured in one run (each part optional):
            rest): coverage of the 90 % posterior-predictive interval for the final titer and
            for every offline assay of the held-out batches (new batch effects drawn from the
            population).
-  recovery synthetic strain: fraction of true parameters inside their 90 % interval over
-           repeated datasets (SVI).
+  recovery synthetic strain, parameters held at its [synthetic] truth: fraction of true values
+           inside their 90 % interval over repeated datasets drawn from the calibration model
+           (fresh batch effects, initial states, noise each time; SVI).
+  sbc      simulation-based calibration (Talts et al. 2018) on the synthetic strain: ranks of
+           prior-drawn true parameters among posterior draws, chi-square test of uniformity.
 
 Ends with `name: value` headline lines. Targets (issue 4): NUTS < 300 s with r-hat <= 1.01 and
 no divergences; SVI < 30 s with means within 1 NUTS SD; held-out 90 % coverage in [0.85, 0.95];
@@ -85,34 +88,42 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
 
 
 def recovery(reps: int, steps: int, draws: int):
+    from calibration.sbc import simulation_based_calibration
+
     spec = load_strain(SYN)
-    inside, total = 0, 0
-    for r in range(reps):
-        s = dataclasses.replace(spec, synthetic={**spec.synthetic, "seed": 100 + r})
-        res = calibrate(s, method="svi", svi_steps=steps, samples=draws)
-        for p in s.priors:
-            x = np.asarray(res.idata.posterior[p.key]).ravel()
-            lo, hi = np.quantile(x, [0.05, 0.95])
-            truth = float(s.synthetic["truth"].get(p.key, p.median))
-            inside += int(lo <= truth <= hi)
-            total += 1
-    return inside / total, total
+    truth = {k: float(v) for k, v in spec.synthetic["truth"].items()}
+    res = simulation_based_calibration(spec, reps, svi_steps=steps, n_draws=draws, seed=1, truth=truth,
+                                       progress=lambda i, n: print(f"recovery {i}/{n}", flush=True))
+    per = {k: float(np.mean(v)) for k, v in res.inside90.items()}
+    return res.coverage90(), per, reps
+
+
+def sbc(reps: int, steps: int, draws: int, bins: int):
+    from calibration.sbc import simulation_based_calibration
+
+    spec = load_strain(SYN)
+    res = simulation_based_calibration(spec, reps, svi_steps=steps, n_draws=draws, seed=2,
+                                       progress=lambda i, n: print(f"SBC {i}/{n}", flush=True))
+    return res, res.chi2(bins)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", default="svi,nuts,holdout,recovery")
+    ap.add_argument("--parts", default="svi,nuts,holdout,recovery,sbc")
     ap.add_argument("--svi-steps", type=int, default=1500)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--per-fold", type=int, default=4)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20, help="recovery replications")
+    ap.add_argument("--sbc-reps", type=int, default=50)
+    ap.add_argument("--sbc-draws", type=int, default=99)
     ap.add_argument("--quick", action="store_true", help="tiny settings (for the test suite)")
     a = ap.parse_args(argv)
     if a.quick:
         a.svi_steps, a.warmup, a.samples, a.chains, a.folds, a.per_fold, a.reps = 20, 10, 10, 1, 1, 2, 1
+        a.sbc_reps, a.sbc_draws = 2, 9
     parts = a.parts.split(",")
     head = {}
     svi = nuts = None
@@ -143,9 +154,18 @@ def main(argv=None):
             print(f"held-out 90 % coverage, {k}: {c:.3f} over {n} observations")
             head[f"holdout_coverage_{k}"] = round(c, 3)
     if "recovery" in parts:
-        frac, n = recovery(a.reps, a.svi_steps, 400)
+        frac, per, n = recovery(a.reps, a.svi_steps, 400)
         head["recovery_in_90pct_interval"] = round(frac, 3)
-        print(f"recovery: {frac:.3f} of {n} true values inside their 90 % interval (SVI)")
+        for k, v in per.items():
+            head[f"recovery_{k}"] = round(v, 3)
+        print(f"recovery: {frac:.3f} of true values inside their 90 % interval over {n} datasets (SVI)")
+    if "sbc" in parts:
+        res, chi = sbc(a.sbc_reps, a.svi_steps, a.sbc_draws, bins=10 if a.sbc_reps >= 50 else 2)
+        for k, (c, p) in chi.items():
+            print(f"SBC {k}: ranks {np.sort(res.ranks[k]).tolist()}; chi2 {c:.1f}, p {p:.3g}")
+            head[f"sbc_p_{k}"] = round(p, 4)
+        head["sbc_min_p"] = round(min(p for _, p in chi.values()), 4)
+        head["sbc_coverage90"] = round(res.coverage90(), 3)
     for k, v in head.items():
         print(f"{k}: {v}")
     return head
