@@ -201,6 +201,11 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     errors = measure_errors(post, history, plans, fractions=fractions, **opts)
     t_errors = time.perf_counter() - t
+    worst = float(np.max(np.abs(errors.bias["total_product"])))
+    if worst > 0.2:
+        raise SystemExit(f"the posterior {post_path} does not forecast its own history (bias of the "
+                         f"total product up to {100 * worst:.0f} %): it is not a usable fit; "
+                         "recalibrate (twin calibrate ... --method svi) and pass it with --posterior")
     print(f"structural error on {len(history)} history batches ({t_errors:.0f} s): "
           + "; ".join(f"{h:g} h bias {100 * b:+.1f} % sd {100 * s:.1f} %" for h, b, s in
                       zip(horizons, errors.bias["total_product"], errors.sd_structural["total_product"])))

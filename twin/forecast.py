@@ -496,6 +496,7 @@ def _build_problem(posterior: StrainPosterior, record: BatchRecord, recipe: Reci
     sites = _Sites.of(spec)
     obs_t, obs_y, obs_m = {}, {}, {}
     have = set(record.variables())
+    n_grid = int(math.ceil(t_end / dt - 1e-9)) + 1
     for o in spec.observations:
         t, y = (record.series(o.variable) if o.variable in have else (np.zeros(0), np.zeros(0)))
         sel = (t <= at + 1e-9) & np.isfinite(y)
@@ -503,8 +504,8 @@ def _build_problem(posterior: StrainPosterior, record: BatchRecord, recipe: Reci
         if o.every_h > 0 and t.size:
             keep = _thin(t, o.every_h)
             t, y = t[keep], y[keep]
-        n = 16
-        while n < t.size:  # a few padded sizes: one compilation serves many forecast times
+        n = n_grid  # padded to one size: one compilation serves every forecast time
+        while n < t.size:
             n *= 2
         T, Y, M = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
         T[: t.size], Y[: t.size], M[: t.size] = t, y, True
@@ -572,21 +573,28 @@ def _run_many(pb: _Problem, G, L):
 
 def _chunked(pb, G, L, chunk: int = 500):
     """`_run_many` over particles in chunks of one size (padded), so one compilation serves every
-    particle count."""
+    particle count. Returns NumPy arrays (log-likelihoods, residuals, outputs)."""
+    G, L = np.asarray(G, dtype=float), np.asarray(L, dtype=float)
     lls, res, outs = [], [], []
-    n_all = G.shape[0]
-    for i in range(0, n_all, chunk):
+    for i in range(0, G.shape[0], chunk):
         g, l = G[i:i + chunk], L[i:i + chunk]
         n = g.shape[0]
         if n < chunk:
-            g = jnp.concatenate([g, jnp.repeat(g[-1:], chunk - n, 0)])
-            l = jnp.concatenate([l, jnp.repeat(l[-1:], chunk - n, 0)])
+            g = np.concatenate([g, np.repeat(g[-1:], chunk - n, 0)])
+            l = np.concatenate([l, np.repeat(l[-1:], chunk - n, 0)])
         ll, r, out = _run_many(pb, g, l)
         lls.append(np.asarray(ll)[:n])
         res.append(np.asarray(r)[:n])
         outs.append({k: np.asarray(v)[:n] for k, v in out.items()})
     return (np.concatenate(lls), np.concatenate(res),
             {k: np.concatenate([o[k] for o in outs]) for k in outs[0]})
+
+
+def _numpy_rng(key, stream: int = 0) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key (host-side sampling compiles nothing)."""
+    data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                      else key).ravel()
+    return np.random.default_rng([int(x) for x in data] + [stream])
 
 
 def _ess(logw: np.ndarray) -> float:
@@ -638,7 +646,7 @@ def _nll(r: np.ndarray, loc: np.ndarray) -> np.ndarray:
     return 0.5 * np.sum(r**2, axis=-1) + 0.5 * np.sum(loc**2, axis=-1)
 
 
-def _local_modes(pb, G, L0, *, iters: int, h: float = 1e-5):
+def _local_modes(pb, G, L0, *, iters: int, chunk: int, h: float = 1e-5):
     """Levenberg-Marquardt on the batch's own effects, one problem per row of `G` (vectorised):
     minimise 0.5 |r(l)|^2 + 0.5 |l|^2 with r the standardised residuals (their SDs held at the
     current iterate, as in iteratively reweighted least squares); Jacobians by central
@@ -654,7 +662,7 @@ def _local_modes(pb, G, L0, *, iters: int, h: float = 1e-5):
         # rows: Lc, then Lc +- h e_j
         pts = [Lc] + [Lc + s * h * eye[j] for j in range(k) for s in (1.0, -1.0)]
         Gs = np.concatenate([G] * len(pts))
-        _, r, _ = _chunked(pb, jnp.asarray(Gs), jnp.asarray(np.concatenate(pts)))
+        _, r, _ = _chunked(pb, Gs, np.concatenate(pts), chunk)
         r = r.reshape(len(pts), D, -1)
         J = np.stack([(r[1 + 2 * j] - r[2 + 2 * j]) / (2 * h) for j in range(k)], axis=-1)
         return r[0], J
@@ -662,11 +670,12 @@ def _local_modes(pb, G, L0, *, iters: int, h: float = 1e-5):
     L = L0.copy()
     r, J = evaluate(L)
     f = _nll(r, L)
-    lam = np.full(D, 1e-3)
+    lam = np.full(D, 1e-2)
     for _ in range(iters):
         A = np.einsum("dni,dnj->dij", J, J) + eye
         b = -(np.einsum("dni,dn->di", J, r) + L)  # -grad of the objective
-        step = np.linalg.solve(A + lam[:, None, None] * eye, b[..., None])[..., 0]
+        damp = lam[:, None, None] * (A * eye)  # Marquardt: scaled by the curvature
+        step = np.linalg.solve(A + damp, b[..., None])[..., 0]
         Ln = L + step
         rn, Jn = evaluate(Ln)
         fn = _nll(rn, Ln)
@@ -675,8 +684,9 @@ def _local_modes(pb, G, L0, *, iters: int, h: float = 1e-5):
         r = np.where(ok[:, None], rn, r)
         J = np.where(ok[:, None, None], Jn, J)
         f = np.where(ok, fn, f)
-        lam = np.where(ok, lam / 3.0, lam * 4.0)
-        if np.all(np.abs(step) < 1e-4):
+        lam = np.where(ok, np.maximum(lam / 10.0, 1e-7), lam * 10.0)
+        done = (ok & (np.max(np.abs(step), axis=1) < 1e-4)) | (lam > 1e8)
+        if np.all(done):
             break
     A = np.einsum("dni,dnj->dij", J, J) + eye
     return L, np.linalg.inv(A)
@@ -684,13 +694,12 @@ def _local_modes(pb, G, L0, *, iters: int, h: float = 1e-5):
 
 def condition(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, at: float,
               key, t_end: float | None = None, n_draws: int = 200, per_draw: int = 10,
-              lm_iters: int = 6, min_ess: float = 200.0, allow_nuts: bool = True,
-              nuts_samples: int = 400, future_flows=None) -> Conditioned:
+              lm_iters: int = 15, min_ess: float | None = None, allow_nuts: bool = True,
+              nuts_samples: int = 400, chunk: int = 500, future_flows=None) -> Conditioned:
     """Condition the batch's own effects on its data up to `at` (see the module docstring).
 
     For each of `n_draws` posterior draws of the strain parameters: the mode of the batch's own
-    effects (Levenberg-Marquardt, `lm_iters` iterations, warm-started from the mode under the
-    posterior-mean parameters), a Student-t proposal (7 degrees of freedom) with the
+    effects (Levenberg-Marquardt from zero, at most `lm_iters` iterations), a Student-t proposal (7 degrees of freedom) with the
     Gauss-Newton covariance, `per_draw` particles importance-weighted against the exact
     conditional, weights normalised within each draw (every draw weighs the same).
 
@@ -705,9 +714,11 @@ def condition(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, 
         per_draw: particles per draw.
         lm_iters: Levenberg-Marquardt iterations per draw.
         min_ess: below this effective sample size the proposals are refitted to the weighted
-            particles once; if it stays below, NUTS (and the notes say so).
+            particles once; if it stays below, NUTS (and the notes say so). Default: a tenth
+            of the particles.
         allow_nuts: with `False`, never NUTS (the low ESS is reported instead).
         nuts_samples: NUTS draws of the fallback.
+        chunk: most simulations per compiled call (smaller with few draws).
         future_flows: see `running_recipe`.
 
     Returns:
@@ -721,16 +732,18 @@ def condition(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, 
     pb = _build_problem(posterior, record, recipe, at, t_end)
     sites = pb.sites
     U = sites.globals_from_draws(posterior.draws)
-    k_sub, k_prop, k_prop2, k_nuts = jax.random.split(key, 4)
+    rng = _numpy_rng(key)
     if U.shape[0] > n_draws:
-        idx = np.asarray(jax.random.choice(k_sub, U.shape[0], (n_draws,), replace=False))
+        idx = rng.choice(U.shape[0], n_draws, replace=False)
         U = U[np.sort(idx)]
     D, k = U.shape[0], sites.n_local
-    # warm start: the mode under the posterior-mean strain parameters, then every draw from it
-    l_mean, _ = _local_modes(pb, U.mean(0, keepdims=True), np.zeros((1, k)), iters=3 * lm_iters)
-    modes, covs = _local_modes(pb, U, np.repeat(l_mean, D, 0), iters=lm_iters)
+    min_ess = 0.1 * D * per_draw if min_ess is None else float(min_ess)
+    # one simulation batch size for every stage (so one compilation): a Levenberg-Marquardt
+    # iteration simulates (1 + 2k) rows per draw
+    chunk = int(min(chunk, -(-(1 + 2 * k) * D // 8) * 8))
+    modes, covs = _local_modes(pb, U, np.zeros((D, k)), iters=lm_iters, chunk=chunk)
     notes, tried = [], {}
-    X, logw, ll, out = _per_draw_is(pb, U, modes, covs, per_draw, k_prop)
+    X, logw, ll, out = _per_draw_is(pb, U, modes, covs, per_draw, rng, chunk)
     ess = _ess(logw)
     tried["laplace-importance"] = ess
     method = "laplace-importance"
@@ -741,7 +754,7 @@ def condition(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, 
         mu = np.einsum("dp,dpk->dk", w, Lx)
         d = Lx - mu[:, None]
         cov = np.einsum("dp,dpi,dpj->dij", w, d, d) + 0.5 * covs
-        X, logw, ll, out = _per_draw_is(pb, U, mu, cov, per_draw, k_prop2)
+        X, logw, ll, out = _per_draw_is(pb, U, mu, cov, per_draw, rng, chunk)
         ess2 = _ess(logw)
         tried["refitted"] = ess2
         notes.append(f"importance weights were uneven (ESS {ess:.0f} of {D * per_draw}); refitted "
@@ -772,8 +785,8 @@ def condition(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, 
     best = int(np.argmax(w))
     Xall = np.concatenate([G, X], axis=1)
     cov = np.cov(Xall, rowvar=False, aweights=w + 1e-12) + 1e-8 * np.eye(Xall.shape[1])
-    Xn = _nuts(neg_logpost, jnp.asarray(Xall[best]), cov, k_nuts, nuts_samples)
-    lln, _, outn = _chunked(pb, jnp.asarray(Xn[:, :ng]), jnp.asarray(Xn[:, ng:]))
+    Xn = _nuts(neg_logpost, jnp.asarray(Xall[best]), cov, jax.random.fold_in(key, 7), nuts_samples)
+    lln, _, outn = _chunked(pb, Xn[:, :ng], Xn[:, ng:], chunk)
     tried["nuts"] = float(len(Xn))
     return Conditioned(Xn[:, :ng], Xn[:, ng:], np.zeros(len(Xn)), lln, outn, np.asarray(pb.grid),
                        "nuts", float(len(Xn)), tuple(notes), tried)
@@ -789,13 +802,12 @@ def _nuts(f, x0, cov, key, n: int):
     return np.asarray(mcmc.get_samples())
 
 
-def _per_draw_is(pb, U, modes, covs, per_draw: int, key, nu: float = 7.0):
+def _per_draw_is(pb, U, modes, covs, per_draw: int, rng, chunk: int, nu: float = 7.0):
     """Student-t particles around each draw's mode, weights normalised within each draw."""
     D, k = modes.shape
-    k1, k2 = jax.random.split(key)
     chol = np.linalg.cholesky(covs * 1.2**2 + 1e-12 * np.eye(k))
-    z = np.asarray(jax.random.normal(k1, (D, per_draw, k)))
-    chi = np.asarray(jax.random.chisquare(k2, nu, (D, per_draw)))
+    z = rng.standard_normal((D, per_draw, k))
+    chi = rng.chisquare(nu, (D, per_draw))
     X = modes[:, None, :] + np.einsum("dij,dpj->dpi", chol, z) * np.sqrt(nu / chi)[..., None]
     d = X - modes[:, None, :]
     inv = np.linalg.inv(covs * 1.2**2 + 1e-12 * np.eye(k))
@@ -803,7 +815,7 @@ def _per_draw_is(pb, U, modes, covs, per_draw: int, key, nu: float = 7.0):
     logq = -0.5 * (nu + k) * np.log1p(maha / nu)
     X = X.reshape(D * per_draw, k)
     G = np.repeat(U, per_draw, axis=0)
-    ll, _, out = _chunked(pb, jnp.asarray(G), jnp.asarray(X))
+    ll, _, out = _chunked(pb, G, X, chunk)
     logw = (ll - 0.5 * np.sum(X**2, axis=1) - logq.reshape(-1)).reshape(D, per_draw)
     logw = np.where(np.isfinite(logw), logw, -np.inf)
     mx = np.max(logw, axis=1, keepdims=True)
@@ -1037,9 +1049,9 @@ def _summary(x) -> dict:
             "q95": float(q[4]), "mean": float(np.mean(x))}
 
 
-def _resample(w: np.ndarray, m: int, key) -> np.ndarray:
+def _resample(w: np.ndarray, m: int, rng) -> np.ndarray:
     """Systematic resampling: `m` indices with probabilities `w`."""
-    u = (float(jax.random.uniform(key)) + np.arange(m)) / m
+    u = (rng.uniform() + np.arange(m)) / m
     return np.minimum(np.searchsorted(np.cumsum(w), u), len(w) - 1)
 
 
@@ -1077,9 +1089,9 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
     t_end = float(spec.scenario.duration_h if t_end is None else t_end)
     at = check_running_batch(record, posterior, at, t_end=t_end)
     key = jax.random.PRNGKey(0) if key is None else key
-    k_cond, k_res, k_t1, k_t2 = jax.random.split(key, 4)
-    cond = condition(posterior, record, plan, at=at, key=k_cond, t_end=t_end, **options)
-    idx = _resample(cond.weights, n_samples, k_res)
+    cond = condition(posterior, record, plan, at=at, key=key, t_end=t_end, **options)
+    rng = _numpy_rng(key, 1)
+    idx = _resample(cond.weights, n_samples, rng)
     total_kg = cond.outputs["total"][idx] / 1000.0
     titer = cond.outputs["titer"][idx]
     grid = cond.grid
@@ -1092,9 +1104,9 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
         ramp = np.clip((grid - at) / max(t_end - at, 1e-9), 0.0, 1.0)
         df = max(errors.n - 1, 1)
         infl = math.sqrt(1.0 + 1.0 / max(errors.n, 1))
-        for q, arr, k in (("total_product", total_kg, k_t1), ("final_titer", titer, k_t2)):
+        for q, arr in (("total_product", total_kg), ("final_titer", titer)):
             b, s = errors.at(at / t_end, q)
-            delta = b + s * infl * np.asarray(jax.random.t(k, df, (n_samples,)))
+            delta = b + s * infl * rng.standard_t(df, n_samples)
             arr *= np.exp(delta[:, None] * ramp[None, :])
             structural[q] = (b, s)
     prob = None

@@ -59,21 +59,21 @@ def _identity(posterior_path: Path) -> dict:
 
 
 def structural_errors(post, history, plans, *, posterior_path: Path, progress=None,
-                      future_flows=None):
+                      future_flows=None, n_draws: int = 200):
     """The twin's structural forecast error for this posterior: read from the cache beside the
     posterior file when it matches, else measured on `history` and cached (if writable)."""
     from .forecast import ForecastErrors, measure_errors
 
     cache = posterior_path.with_name(posterior_path.name + ".forecast_errors.json")
     ident = {**_identity(posterior_path), "fractions": list(ERROR_FRACTIONS),
-             "batches": sorted(history.batch_ids)}
+             "batches": sorted(history.batch_ids), "n_draws": n_draws}
     if cache.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError):
             saved = json.loads(cache.read_text())
             if saved.get("identity") == ident:
                 return ForecastErrors.from_dict(saved["errors"])
     errors = measure_errors(post, history, plans, fractions=ERROR_FRACTIONS, progress=progress,
-                            future_flows=future_flows)
+                            future_flows=future_flows, n_draws=n_draws)
     with contextlib.suppress(OSError):
         from .io import atomic_write_text
 
@@ -105,6 +105,8 @@ def forecast_command(
                                     "the twin's error measured on the strain's history (default), "
                                     "or the model's own uncertainty only"),
     seed: int = typer.Option(0, "--seed", help="random seed (reruns with one seed are identical)"),
+    draws: int = typer.Option(200, "--draws", help="posterior draws the forecast uses (x 10 "
+                              "particles each)"),
 ) -> None:
     """Forecast a running batch's final titer and total product from its data so far."""
     import jax
@@ -122,6 +124,8 @@ def forecast_command(
 
     with _user_errors():
         thr = parse_threshold(threshold) if threshold is not None else None
+        if draws < 1:
+            raise TwinError("must be a whole number >= 1", field="--draws", value=draws)
         with _progress() as prog:
             task = prog.add_task("loading the posterior", total=None)
             post = load_strain_posterior(posterior, strain_file=strain_file)
@@ -130,6 +134,9 @@ def forecast_command(
             span = (0.0, float(sc.duration_h))
             plan = (read_recipe_csv(recipe, defaults=sc.control_defaults, span=span)
                     if recipe is not None else sc.recipe)
+            from .forecast import check_running_batch
+
+            at_h = check_running_batch(rec, post, at, t_end=span[1])  # before the slow parts
             history, plans, flows, errors, notes = None, None, None, None, []
             try:
                 from calibration.infer import load_history
@@ -142,10 +149,6 @@ def forecast_command(
             if recipe is None:
                 notes.append(f"no --recipe: the rest of the batch follows the scenario's recipe "
                              f"({sc.name})")
-            # check the request before the (possibly long) error measurement
-            from .forecast import check_running_batch
-
-            at_h = check_running_batch(rec, post, at, t_end=span[1])
             if structural and history is not None:
                 prog.update(task, description="measuring the twin's forecast error on "
                                               f"{len(history)} historical batches (once per posterior)")
@@ -154,10 +157,10 @@ def forecast_command(
                     prog.update(task, completed=done, total=total)
 
                 errors = structural_errors(post, history, plans, posterior_path=Path(posterior),
-                                           progress=cb, future_flows=flows)
+                                           progress=cb, future_flows=flows, n_draws=draws)
             prog.update(task, description=f"forecasting at {at_h:g} h", completed=0, total=None)
             fc = forecast(post, rec, plan, at=at_h, key=jax.random.PRNGKey(seed), threshold=thr,
-                          errors=errors, future_flows=flows)
+                          errors=errors, future_flows=flows, n_draws=draws)
         out.mkdir(parents=True, exist_ok=True)
         doc = fc.to_dict()
         doc["notes"] = doc["notes"] + notes
