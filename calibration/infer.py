@@ -80,13 +80,75 @@ def _model_fn(spec: StrainSpec, data: CalibrationData):
     return fn
 
 
-def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None):
-    fn = _model_fn(spec, data)
-    guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
+def _laplace(fn, *, seed: int, iterations: int = 300):
+    """Mode of the posterior (L-BFGS on the potential in unconstrained space, from the prior
+    median) and the Cholesky factor of the inverse Hessian there: the Laplace approximation, in
+    the sorted-site order AutoMultivariateNormal and dense-mass NUTS use."""
     import optax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import initialize_model
 
-    svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.02, steps, 0.1)), Trace_ELBO())
+    info = initialize_model(jax.random.PRNGKey(seed), fn, init_strategy=init_to_median(num_samples=15))
+    x0, unravel = ravel_pytree(info.param_info.z)
+    f = lambda x: info.potential_fn(unravel(x))  # noqa: E731
+    opt = optax.lbfgs()
+    vg = optax.value_and_grad_from_state(f)
+
+    @jax.jit
+    def run(x):
+        def body(carry, _):
+            x, st = carry
+            v, g = vg(x, state=st)
+            u, st = opt.update(g, st, x, value=v, grad=g, value_fn=f)
+            return (optax.apply_updates(x, u), st), v
+
+        (x, _), values = jax.lax.scan(body, (x, opt.init(x)), None, length=iterations)
+        return x, values
+
+    mode, values = run(x0)
+    H = jax.hessian(f)(mode)
+    H = 0.5 * (H + H.T)
+    w, V = np.linalg.eigh(np.asarray(H))
+    w = np.maximum(w, 1e-6 * max(float(w.max()), 1.0))  # a flat or saddle direction gets a wide, finite scale
+    cov = (V / w) @ V.T
+    ok = bool(np.all(np.isfinite(np.asarray(mode)))) and bool(np.isfinite(np.asarray(values[-1])))
+    return np.asarray(mode), 0.5 * (cov + cov.T), unravel, ok
+
+
+def _guide_permutation(guide, sorted_unravel, dim: int) -> np.ndarray:
+    """`perm` with guide_latent = sorted_latent[perm]: AutoMultivariateNormal packs its latent
+    vector in model-site order, while `ravel_pytree` (dense-mass NUTS, `_laplace`) sorts site names."""
+    ids = jax.numpy.arange(dim, dtype=float)
+    in_guide = guide._unpack_latent(ids)
+    in_sorted = sorted_unravel(ids)
+    perm = np.empty(dim, dtype=int)
+    for k, v in in_guide.items():
+        perm[np.asarray(v).ravel().astype(int)] = np.asarray(in_sorted[k]).ravel().astype(int)
+    return perm
+
+
+def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None):
+    """AutoMultivariateNormal SVI started at the Laplace approximation (mode and inverse-Hessian
+    Cholesky factor): from there the ELBO needs hundreds, not many thousands, of Adam steps, and a
+    poor local optimum of the noise levels is avoided."""
+    import optax
+    from numpyro.distributions import biject_to, constraints
+    from numpyro.infer.svi import SVIState
+
+    fn = _model_fn(spec, data)
+    if progress:
+        progress(0, steps)
+    mode, cov, unravel, ok = _laplace(fn, seed=seed)
+    guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
+    svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.005, steps, 0.1)), Trace_ELBO())
     state = svi.init(jax.random.PRNGKey(seed))
+    if ok:
+        perm = _guide_permutation(guide, unravel, mode.shape[0])
+        chol = np.linalg.cholesky(cov[np.ix_(perm, perm)])
+        params = dict(svi.get_params(state))
+        params["auto_loc"] = jax.numpy.asarray(mode[perm])
+        params["auto_scale_tril"] = biject_to(constraints.softplus_lower_cholesky).inv(jax.numpy.asarray(chol))
+        state = SVIState(svi.optim.init(params), state.mutable_state, state.rng_key)
     update = jax.jit(svi.update)
     losses = []
     chunk = max(steps // 50, 1)
@@ -108,7 +170,17 @@ def _warm_start(spec, data, *, steps: int, seed: int, n_chains: int, progress: C
     only refines step size and metric instead of discovering the posterior's scales."""
     guide, params, _ = _svi(spec, data, steps=steps, seed=seed, progress=progress)
     post = guide.get_posterior(params)
-    cov = np.asarray(post.scale_tril @ post.scale_tril.T)
+    cov_guide = np.asarray(post.scale_tril @ post.scale_tril.T)
+    # NUTS ravels the sites in sorted-name order; the guide in model order
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import initialize_model
+
+    info = initialize_model(jax.random.PRNGKey(seed), _model_fn(spec, data),
+                            init_strategy=init_to_median(num_samples=15))
+    _, unravel = ravel_pytree(info.param_info.z)
+    perm = _guide_permutation(guide, unravel, cov_guide.shape[0])
+    cov = np.empty_like(cov_guide)
+    cov[np.ix_(perm, perm)] = cov_guide
     inits = []
     for c in range(n_chains):
         d = guide.sample_posterior(jax.random.PRNGKey(seed + 7919 * (c + 1)), params)
@@ -127,8 +199,8 @@ def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | 
         bs = bs.select(overrides["batches"])
     data = build_data(spec, bs, recipes)
     inf = spec.inference
-    # With `dense_mass=True` NUTS ravels the unconstrained latent sites in sorted-name order, as
-    # AutoMultivariateNormal does: the warm-start covariance lines up with it site by site.
+    # With `dense_mass=True` NUTS ravels the unconstrained latent sites in sorted-name order;
+    # `_warm_start` reorders the guide's covariance to match.
     kernel = NUTS(_model_fn(spec, data), dense_mass=True, max_tree_depth=int(inf["max_tree_depth"]),
                   target_accept_prob=float(inf["target_accept"]), inverse_mass_matrix=inverse_mass_matrix,
                   init_strategy=init_to_value(values=init) if init else init_to_median(num_samples=15))

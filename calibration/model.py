@@ -230,8 +230,12 @@ def _scale_y0(y0: ReactorState, factors: dict) -> ReactorState:
 
 
 def calibration_model(spec: StrainSpec, model: FermentationModel, data: CalibrationData, *,
-                      dt: float, predict_only: bool = False):
-    """The NumPyro model (call inside numpyro inference)."""
+                      dt: float, predict_only: bool = False, observed: bool = True):
+    """The NumPyro model (call inside numpyro inference).
+
+    With `observed=False` the observation sites are sampled instead of conditioned on the data
+    (the prior predictive, for simulation-based calibration); the data's times and mask are kept.
+    """
     B = data.n_batches
     log_global, eps, tau = {}, {}, {}
     for p in spec.priors:
@@ -261,5 +265,6 @@ def calibration_model(spec: StrainSpec, model: FermentationModel, data: Calibrat
         if predict_only:
             continue
         with numpyro.handlers.mask(mask=data.obs_mask[o.variable]):
-            numpyro.sample(f"obs_{o.variable}", dist.Normal(pred, sd), obs=data.obs_y[o.variable])
+            numpyro.sample(f"obs_{o.variable}", dist.Normal(pred, sd),
+                           obs=data.obs_y[o.variable] if observed else None)
     return traj

@@ -23,11 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions import biject_to, constraints
 from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_median
 from numpyro.infer.autoguide import AutoMultivariateNormal
+from numpyro.infer.svi import SVIState
+from numpyro.infer.util import initialize_model
 from scipy import stats
 
-from .infer import _model_fn, load_history
+from .infer import _guide_permutation, load_history
 from .model import build_data, calibration_model
 from .spec import StrainSpec
 
@@ -75,7 +79,11 @@ def simulation_based_calibration(spec: StrainSpec, reps: int, *, svi_steps: int,
     """
     bs, recipes = load_history(spec)
     data = build_data(spec, bs, recipes)
-    model_fn = _model_fn(spec, data)
+    dt = float(spec.inference["dt"])
+
+    def model_fn():
+        calibration_model(spec, spec.scenario.model, data, dt=dt, observed=False)
+
     if truth:
         fixed = {f"z_{p.key}": (np.log(truth[p.key]) - np.log(p.median)) / p.log_sd
                  for p in spec.priors if p.key in truth}
@@ -86,26 +94,57 @@ def simulation_based_calibration(spec: StrainSpec, reps: int, *, svi_steps: int,
     ranks = {k: np.zeros(reps, dtype=int) for k in keys}
     inside = {k: np.zeros(reps, dtype=bool) for k in keys}
     truths = {k: np.zeros(reps) for k in keys}
-    # one compiled SVI for every replication: the observations are an argument, not a constant
-    dt = float(spec.inference["dt"])
-
+    # compiled once for every replication: the observations are an argument, not a constant.
+    # As in `calibrate(method="svi")`: Laplace approximation (L-BFGS mode, inverse Hessian), then
+    # AutoMultivariateNormal SVI started there.
     def fn(obs_y):
         calibration_model(spec, spec.scenario.model, eqx.tree_at(lambda x: x.obs_y, data, obs_y), dt=dt)
 
-    guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
-    svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.02, svi_steps, 0.1)), Trace_ELBO())
+    obs0 = dict(data.obs_y)
+    info = initialize_model(jax.random.PRNGKey(seed), fn, init_strategy=init_to_median(num_samples=15),
+                            model_args=(obs0,), dynamic_args=True)
+    x0, unravel = ravel_pytree(info.param_info.z)
+    lbfgs = optax.lbfgs()
 
     @jax.jit
-    def fit(key, obs_y):
-        state = svi.init(key, obs_y)
-        state, losses = jax.lax.scan(lambda st, _: svi.update(st, obs_y), state, None, length=svi_steps)
-        return svi.get_params(state), losses
+    def laplace(obs_y):
+        f = lambda x: info.potential_fn(obs_y)(unravel(x))  # noqa: E731
+        vg = optax.value_and_grad_from_state(f)
+
+        def body(carry, _):
+            x, st = carry
+            v, g = vg(x, state=st)
+            u, st = lbfgs.update(g, st, x, value=v, grad=g, value_fn=f)
+            return (optax.apply_updates(x, u), st), v
+
+        (x, _), values = jax.lax.scan(body, (x0, lbfgs.init(x0)), None, length=300)
+        return x, jax.hessian(f)(x), values[-1]
+
+    guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
+    svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.005, svi_steps, 0.1)), Trace_ELBO())
+    state0 = svi.init(jax.random.PRNGKey(seed), obs0)
+    perm = _guide_permutation(guide, unravel, x0.shape[0])
+    to_unconstrained = biject_to(constraints.softplus_lower_cholesky).inv
+
+    @jax.jit
+    def refine(optim_state, rng, obs_y):
+        st = SVIState(optim_state, state0.mutable_state, rng)
+        st, losses = jax.lax.scan(lambda s_, _: svi.update(s_, obs_y), st, None, length=svi_steps)
+        return svi.get_params(st), losses
 
     for r in range(reps):
         obs = {v: jnp.where(data.obs_mask[v], sims[f"obs_{v}"][r], 0.0) for v in data.variables}
         if not all(bool(jnp.all(jnp.isfinite(o))) for o in obs.values()):
             raise FloatingPointError(f"replication {r}: prior draw gave non-finite observations")
-        params, losses = fit(jax.random.PRNGKey(seed + r), obs)
+        mode, H, final = (np.asarray(a) for a in laplace(obs))
+        if not (np.all(np.isfinite(mode)) and np.isfinite(final)):
+            raise FloatingPointError(f"replication {r}: the posterior mode search failed")
+        w, V = np.linalg.eigh(0.5 * (H + H.T))
+        w = np.maximum(w, 1e-6 * max(float(w.max()), 1.0))
+        cov = (V / w) @ V.T
+        chol = np.linalg.cholesky(0.5 * (cov + cov.T)[np.ix_(perm, perm)])
+        start = {"auto_loc": jnp.asarray(mode[perm]), "auto_scale_tril": to_unconstrained(jnp.asarray(chol))}
+        params, losses = refine(svi.optim.init(start), jax.random.PRNGKey(seed + 31 * r), obs)
         if not np.isfinite(np.asarray(losses[-1])):
             raise FloatingPointError(f"replication {r}: SVI diverged (loss not finite)")
         post = guide.sample_posterior(jax.random.PRNGKey(seed + 7 * r + 1), params, sample_shape=(n_draws,))

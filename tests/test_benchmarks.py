@@ -25,3 +25,15 @@ def test_simulate_benchmark_with_tiny_arguments(capsys):
         assert figures[name] > 0 or name == "ensemble_vs_scipy_max_rel_diff"
     assert figures["ensemble_size"] == 4
     assert figures["ensemble_vs_scipy_max_rel_diff"] < 1e-5
+
+
+def test_control_benchmark_quick_reports_both_solvers(capsys):
+    """The recipe optimiser's literature benchmark: both problems solved by twin.control and by
+    CasADi + IPOPT in one run, re-scored by the reference integrator, ratios printed."""
+    figures = _load("control").main(["--quick"])
+    out = capsys.readouterr().out
+    for key in ("park_ramirez", "lee_ramirez"):
+        for name in ("objective", "pct_of_best", "twin_s", "casadi_objective", "time_ratio_vs_casadi"):
+            assert f"\n{key}_{name}: " in out, f"{key}_{name}"
+        # even a smoke run at N = 10 gets within 5 % of the continuous-time best
+        assert figures[f"{key}_pct_of_best"] > 95.0

@@ -14,7 +14,10 @@ start_h = 24.0              # optimise from here on (the batch start keeps the b
 phase_h = 23.0              # length of every optimised phase (a multiple of the posterior's dt)
 min_dissolved_oxygen = "20 %"
 max_volume = "100 m3"       # default: the vessel's working volume
-trust_region = 0.5          # optional: each phase within +-50 % of the baseline's phase mean
+max_substrate = "1 g/L"     # optional: residual sugar limit ...
+max_substrate_after_h = 48  # ... from this time on (default start_h)
+violation_tolerance = 0.05  # a constraint holds if at most this fraction of check draws breaks it
+trust_region = 0.15         # optional: each phase within +-15 % of the baseline's phase mean
 
 [optimize.variables]
 substrate_feed = { lower = "0 L/h", upper = "150 L/h", budget = "baseline", resolution = "1 L/h" }
@@ -59,7 +62,8 @@ class OptimizeError(TwinError):
 
 
 _KEYS = {"objective", "risk_level", "draws", "check_draws", "starts", "iterations", "start_h", "phase_h",
-         "min_dissolved_oxygen", "max_volume", "trust_region", "seed", "variables"}
+         "min_dissolved_oxygen", "max_volume", "max_substrate", "max_substrate_after_h", "trust_region", "seed",
+         "violation_tolerance", "variables"}
 _VAR_KEYS = {"lower", "upper", "budget", "resolution", "max_change"}
 
 
@@ -85,6 +89,9 @@ class OptimizeSpec:
     phase_h: float
     min_dissolved_oxygen: float
     max_volume: float
+    max_substrate: float | None
+    max_substrate_after_h: float
+    violation_tolerance: float
     trust_region: float | None
     seed: int
     variables: tuple[VariableSpec, ...]
@@ -136,6 +143,15 @@ def load_optimize_spec(sc) -> OptimizeSpec:
                             "head pressure the twin assumes for it", where=where,
                             field="optimize.min_dissolved_oxygen", value=do_min, hint="use a value below 100 %")
     vmax = _qty(raw.get("max_volume", float(sc.model.vessel.working_volume)), "L", where, "optimize.max_volume")
+    smax = raw.get("max_substrate")
+    if smax is not None:
+        smax = _qty(smax, "g/L", where, "optimize.max_substrate")
+        if smax <= 0:
+            raise OptimizeError("must be positive", where=where, field="optimize.max_substrate", value=smax)
+    s_after = _qty(raw.get("max_substrate_after_h", start), "h", where, "optimize.max_substrate_after_h")
+    tol = _qty(raw.get("violation_tolerance", 0.05), "", where, "optimize.violation_tolerance")
+    if not 0 <= tol < 0.5:
+        raise OptimizeError("must be in [0, 0.5)", where=where, field="optimize.violation_tolerance", value=tol)
     tr = raw.get("trust_region")
     if tr is not None:
         tr = _qty(tr, "", where, "optimize.trust_region")
@@ -175,7 +191,7 @@ def load_optimize_spec(sc) -> OptimizeSpec:
         mc = None if mc is None else _qty(mc, unit, where, f"{f}.max_change")
         variables.append(VariableSpec(name, lo, hi, budget == "baseline", res, mc))
     return OptimizeSpec(objective, risk, ints["draws"], ints["check_draws"], ints["starts"], ints["iterations"],
-                        start, phase, do_min, vmax, tr, ints["seed"], tuple(variables))
+                        start, phase, do_min, vmax, smax, s_after, tol, tr, ints["seed"], tuple(variables))
 
 
 def _phase_grid(spec: OptimizeSpec, t_end: float, dt: float, where) -> np.ndarray:
@@ -218,6 +234,7 @@ class RecipeOptimizer:
         self.edges = _phase_grid(self.spec, self.t_end, self.dt, sc.path)
         self.widths = np.diff(self.edges)
         self.ts = jnp.arange(0.0, self.t_end + self.dt / 2, self.dt)
+        self._window = np.asarray(self.ts) >= self.spec.max_substrate_after_h - 1e-9
         self.draws = draws
         self._fixed = {v.name: self._fixed_part(v.name) for v in self.spec.variables}
         self.baseline_phases = {v.name: self._phase_means(self.baseline, v.name) for v in self.spec.variables}
@@ -309,6 +326,11 @@ class RecipeOptimizer:
         if self.spec.min_dissolved_oxygen > 0:
             g.append((self.spec.min_dissolved_oxygen - do_min) / self.spec.min_dissolved_oxygen)
         g.append((vmax - self.spec.max_volume) / self.spec.max_volume)
+        if self.spec.max_substrate is not None:
+            sub = (traj.states.substrate / traj.states.volume)[:, self._window]
+            tau_s = 0.02 * self.spec.max_substrate
+            smax = tau_s * jax.nn.logsumexp(sub / tau_s)
+            g.append((smax - self.spec.max_substrate) / self.spec.max_substrate)
         return J, jnp.stack(g)
 
     @property
@@ -317,6 +339,9 @@ class RecipeOptimizer:
         if self.spec.min_dissolved_oxygen > 0:
             names.append(f"dissolved oxygen >= {self.spec.min_dissolved_oxygen:g} % (smooth worst case)")
         names.append(f"volume <= {self.spec.max_volume / 1000:g} m3 (smooth worst case)")
+        if self.spec.max_substrate is not None:
+            names.append(f"sugar <= {self.spec.max_substrate:g} g/L from {self.spec.max_substrate_after_h:g} h "
+                         "(smooth worst case)")
         return tuple(names)
 
     def problem(self) -> ControlProblem:
@@ -369,7 +394,8 @@ class RecipeOptimizer:
 
 
 def constraint_report(traj: Trajectory, spec: OptimizeSpec) -> dict[str, Any]:
-    """Worst value over draws and time of every constraint, and the fraction of draws violating it."""
+    """Worst value over draws and time of every constraint, and the fraction of draws violating it.
+    The sugar limit applies from `max_substrate_after_h` on."""
     do_min = np.min(np.asarray(traj.outputs.dissolved_oxygen), axis=1)
     vmax = np.max(np.asarray(traj.states.volume), axis=1)
     out = {"max_volume_m3": {"limit": spec.max_volume / 1000, "worst": float(vmax.max()) / 1000,
@@ -378,6 +404,12 @@ def constraint_report(traj: Trajectory, spec: OptimizeSpec) -> dict[str, Any]:
         out["min_dissolved_oxygen_pct"] = {
             "limit": spec.min_dissolved_oxygen, "worst": float(do_min.min()),
             "fraction_of_draws_violating": float(np.mean(do_min < spec.min_dissolved_oxygen - 1e-6))}
+    if spec.max_substrate is not None:
+        ts = np.asarray(traj.ts)[0]
+        window = ts >= spec.max_substrate_after_h - 1e-9
+        smax = np.max((np.asarray(traj.states.substrate) / np.asarray(traj.states.volume))[:, window], axis=1)
+        out["max_substrate_g_L"] = {"limit": spec.max_substrate, "worst": float(smax.max()),
+                                    "fraction_of_draws_violating": float(np.mean(smax > spec.max_substrate * (1 + 1e-6)))}
     return out
 
 
@@ -477,7 +509,7 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
     gain_pct = 100.0 * (tot_new / tot_base - 1.0)
     cons_new = constraint_report(ens_new, spec)
     cons_base = constraint_report(ens_base, spec)
-    violated = {k: v for k, v in cons_new.items() if v["fraction_of_draws_violating"] > 0.05}
+    violated = {k: v for k, v in cons_new.items() if v["fraction_of_draws_violating"] > spec.violation_tolerance}
     budgets_new, budgets_base = _totals(new_recipe, opt.t_end), _totals(opt.baseline, opt.t_end)
     sens = opt.sensitivity(rounded)
     summary = {
@@ -508,9 +540,11 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
     }
     if violated:
         name, v = next(iter(violated.items()))
+        vb = cons_base[name]
         raise OptimizeError(
             f"the optimised recipe violates '{name}' on {v['fraction_of_draws_violating']:.0%} of the posterior "
-            f"draws (worst {v['worst']:.4g}, limit {v['limit']:.4g}); no recipe written", where=scenario,
+            f"draws (worst {v['worst']:.4g}, limit {v['limit']:.4g}; the baseline: "
+            f"{vb['fraction_of_draws_violating']:.0%}, worst {vb['worst']:.4g}); no recipe written", where=scenario,
             field=f"optimize ({name})",
             hint="tighten the limit in [optimize] (the optimiser holds a smooth worst case), or add draws")
     out.mkdir(parents=True, exist_ok=True)
