@@ -370,6 +370,15 @@ def _mount_plant() -> None:
 _mount_plant()
 
 
+def _mount_forecast() -> None:
+    from .forecast_cli import register
+
+    register(app)
+
+
+_mount_forecast()
+
+
 def main() -> None:  # pragma: no cover
     app()
 
