@@ -115,6 +115,8 @@ def main(argv=None) -> dict[str, float]:
     print(f"scenario: {sc.title}; {ts.size} saved times; solver {type(options).__name__}"
           f"(rtol={options.rtol:g}, atol={options.atol:g}); JAX {jax.__version__} on "
           f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+    # importing twin adds its XLA CPU loop option unless XLA_FLAGS sets it (twin.integrators)
+    print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
 
     # --- compile and one simulation ------------------------------------------------------
     t = time.perf_counter()

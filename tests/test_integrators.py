@@ -12,6 +12,8 @@ agreed to 3e-8 (the map is smooth: the sugar stays positive), so rtol 1e-5 leave
 
 from __future__ import annotations
 
+import os
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -19,8 +21,8 @@ import numpy as np
 import pytest
 
 from twin.errors import SolverError
-from twin.integrators import (ROS2, ROS34PW2, RK4, RosenbrockW, _Layout, integrate_fixed,
-                              interpolate)
+from twin.integrators import (ROS2, ROS34PW2, RK4, RosenbrockW, _compile_loops_whole, _Layout,
+                              integrate_fixed, interpolate)
 from twin.reactor import get_parameter, set_parameters
 from twin.recipe import Profile
 
@@ -240,3 +242,28 @@ def test_w_method_order_with_partial_jacobian(method, stiff):
     errs = _toy_errors(method, [0.025, 0.0125, 0.00625], stiff)
     orders = np.log2(np.asarray(errs[:-1]) / np.asarray(errs[1:]))
     np.testing.assert_allclose(orders, method.order, atol=0.3)
+
+
+# ----------------------------------------------------------------------------- XLA option
+
+
+def test_xla_loop_option_is_added_without_overriding_the_user(monkeypatch):
+    """Importing the integrators asks XLA to compile small while loops whole: the option is
+    appended to XLA_FLAGS, merged into an existing --xla_backend_extra_options, and a threshold
+    the user set is left as it is (exact strings)."""
+    assert "xla_cpu_small_while_loop_byte_threshold=" in os.environ.get("XLA_FLAGS", "")
+    key = "xla_cpu_small_while_loop_byte_threshold"
+    cases = {
+        "": f"--xla_backend_extra_options={key}=100",
+        "--xla_dump_to=/tmp/x": f"--xla_dump_to=/tmp/x --xla_backend_extra_options={key}=100",
+        "--xla_backend_extra_options=a=1 --xla_dump_to=/tmp/x":
+            f"--xla_backend_extra_options=a=1,{key}=100 --xla_dump_to=/tmp/x",
+        f"--xla_backend_extra_options={key}=1024": f"--xla_backend_extra_options={key}=1024",
+    }
+    for given, expected in cases.items():
+        monkeypatch.setenv("XLA_FLAGS", given)
+        _compile_loops_whole(100)
+        assert os.environ["XLA_FLAGS"] == expected
+    monkeypatch.delenv("XLA_FLAGS")
+    _compile_loops_whole(100)
+    assert os.environ["XLA_FLAGS"] == f"--xla_backend_extra_options={key}=100"
