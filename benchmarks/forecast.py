@@ -232,6 +232,9 @@ def main(argv=None) -> dict:
                              q05=q["q05"], q95=q["q95"], model_median=m["median"],
                              model_q05=m["q05"], model_q95=m["q95"], wall_s=fc.wall_s,
                              method=fc.method, ess=fc.ess, hist_mean=hist_mean,
+                             msr=fc.data_fit["mean_sq_std_residual"],
+                             effects_sd=fc.data_fit["batch_effects_sd"],
+                             warned=fc.data_fit["warning"] is not None,
                              regression=regs[h][0](_features(rec, plan, h))))
             r = rows[-1]
             print(f"seed {r['seed']} at {h:g} h: truth {truth:.0f} kg, twin {r['median']:.0f} "
@@ -256,7 +259,10 @@ def main(argv=None) -> dict:
         b = base[h]
         fault_rows.append(dict(fault=f, horizon=h, truth=info["totals"]["penicillin_total_kg"],
                                median=q["median"], q05=q["q05"], q95=q["q95"],
-                               base_median=b["median"], base_truth=b["truth"]))
+                               base_median=b["median"], base_truth=b["truth"],
+                               msr=fc.data_fit["mean_sq_std_residual"],
+                               effects_sd=fc.data_fit["batch_effects_sd"],
+                               warned=fc.data_fit["warning"] is not None))
         plot_forecast(fc, rec, path=out_dir / f"forecast_{info['seed']}_fault{f}_{h:g}h.png",
                       history=history, truth={"total_product_kg": fault_rows[-1]["truth"],
                                               "final_titer_g_L": info["totals"]["final_titer_g_L"]})
@@ -297,9 +303,16 @@ def main(argv=None) -> dict:
     for fr in fault_rows:
         print(f"fault {fr['fault']} at {fr['horizon']:g} h: twin {fr['median']:.0f} "
               f"[{fr['q05']:.0f}, {fr['q95']:.0f}] kg (truth {fr['truth']:.0f}); same seed without "
-              f"the fault {fr['base_median']:.0f} kg (truth {fr['base_truth']:.0f})")
+              f"the fault {fr['base_median']:.0f} kg (truth {fr['base_truth']:.0f}); data fit: "
+              f"mean sq. std. residual {fr['msr']:.1f}, batch effects {fr['effects_sd']:.1f} SD, "
+              f"{'WARNED' if fr['warned'] else 'no warning'}")
+        figures[f"fault{fr['fault']}_msr"] = fr["msr"]
+        figures[f"fault{fr['fault']}_warned"] = float(fr["warned"])
         figures[f"fault{fr['fault']}_shift_pct"] = 100 * (fr["median"] / fr["base_median"] - 1)
         figures[f"fault{fr['fault']}_true_shift_pct"] = 100 * (fr["truth"] / fr["base_truth"] - 1)
+    figures["msr_median_heldout"] = float(df.msr.median())
+    figures["msr_max_heldout"] = float(df.msr.max())
+    figures["warned_fraction_heldout"] = float(df.warned.mean())
     figures["forecast_s_median"] = float(df.wall_s.median())
     figures["forecast_s_max"] = float(df.wall_s.max())
     figures["error_model_s"] = t_errors

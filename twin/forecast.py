@@ -12,8 +12,11 @@ $$p(q \mid y_{\le t}) = \int p(q \mid \theta, \epsilon, \eta)\,
    p(\epsilon, \eta, \theta \mid y_{\le t}) \propto p(y_{\le t}\mid\theta,\epsilon,\eta)\,
    N(\epsilon, \eta; 0, I)\,p(\theta \mid \text{history}),$$
 
-with the calibration's likelihood: $y \sim N(\hat y,\ a_v^2 + (c_v \hat y)^2)$ for each assay
-the strain file observes (thinned to `every_h` as in calibration). $q$ is the final titer, the
+with the calibration's error scale $s = \sqrt{a_v^2 + (c_v \hat y)^2}$ for each assay the strain
+file observes (thinned to `every_h` as in calibration), but Student-t errors with `ROBUST_DF` = 4
+degrees of freedom instead of normal ones: plant assays have isolated wild values (a sugar
+reading of 1.4 g/L where the twin and the neighbouring assays say 0), and under a normal
+likelihood one of them, at 24 SDs, outweighs everything else the batch shows. $q$ is the final titer, the
 total product (in the vessel plus drawn off with harvest draws, the `Ledger`), and the time of
 peak productivity (the hour in which the total product grows fastest).
 
@@ -49,7 +52,9 @@ reaches into `calibration` (imported inside the functions that need it, so `impo
 imports `calibration`).
 
 Reference: A. Gelman et al. (2013) Bayesian Data Analysis, 3rd ed., ch. 10 (importance
-sampling, effective sample size) and ch. 13 (Laplace approximation); M. Plummer (2015) Cuts in
+sampling, effective sample size), ch. 13 (Laplace approximation) and 17.2 (Student-t errors);
+K. L. Lange, R. J. A. Little, J. M. G. Taylor (1989) Robust statistical modeling using the t
+distribution, JASA 84:881; M. Plummer (2015) Cuts in
 Bayesian graphical models, Stat Comput 25:37 (cut posteriors); M. C. Kennedy, A. O'Hagan (2001)
 Bayesian calibration of computer models, JRSS B 63:425 (model discrepancy).
 """
@@ -84,6 +89,18 @@ __all__ = [
 
 MIN_PRODUCT_ASSAYS = 2
 """A running batch needs at least this many product assays up to the forecast time."""
+
+ROBUST_DF = 4.0
+"""Degrees of freedom of the Student-t errors the forecast conditions on (see the module
+docstring): an isolated wild assay, or a moment the twin cannot follow, weighs like a few SDs,
+not like its square."""
+_T_CONST = float(math.lgamma((ROBUST_DF + 1) / 2) - math.lgamma(ROBUST_DF / 2)
+                 - 0.5 * math.log(ROBUST_DF * math.pi))
+
+MISFIT_MSR = 4.0
+MISFIT_EFFECT_SD = 4.0
+"""`Forecast.data_fit` warns above these (mean squared standardised residual; batch effects in
+prior SDs): the conditioned twin does not reproduce the batch's data."""
 
 _FLOWS = ("substrate_feed", "oil_feed", "precursor_feed", "water_feed", "draw")
 _RECORDED_SETPOINTS = ("aeration",)
@@ -533,8 +550,10 @@ def _observe(traj, variable: str):
 
 
 def _run(pb: _Problem, g: Float[Array, " g"], loc: Float[Array, " l"]):
-    """Simulate one particle; return the log-likelihood of the data so far, the standardised
-    residuals `(y - pred) / sd` (0 where padded) and the outputs on the grid."""
+    """Simulate one particle; return the log-likelihood of the data so far, the residuals
+    `sign(r) sqrt(2 rho(r))` of the standardised errors `r = (y - pred) / sd` (0 where padded;
+    `rho` the Student-t negative log density, so half their squared sum is the robust objective)
+    and the outputs on the grid."""
     s = pb.sites
     nz, nt = len(s.z), len(s.tau)
     z, log_tau, log_noise = g[:nz], g[nz:nz + nt], g[nz + nt:]
@@ -557,8 +576,9 @@ def _run(pb: _Problem, g: Float[Array, " g"], loc: Float[Array, " l"]):
         pred = jnp.interp(pb.obs_t[v], pb.grid, _observe(traj, v))
         sd = jnp.sqrt(a**2 + (c * pred) ** 2 + 1e-12)
         r = jnp.where(pb.obs_m[v], (pb.obs_y[v] - pred) / sd, 0.0)
-        resid.append(r)
-        ll = ll + jnp.sum(jnp.where(pb.obs_m[v], -0.5 * r**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi), 0.0))
+        rho = 0.5 * (ROBUST_DF + 1.0) * jnp.log1p(r**2 / ROBUST_DF)  # Student-t, -log density
+        resid.append(jnp.sign(r) * jnp.sqrt(2.0 * rho))  # 0.5 |resid|^2 = sum of rho
+        ll = ll + jnp.sum(jnp.where(pb.obs_m[v], -rho - jnp.log(sd) + _T_CONST, 0.0))
     total = traj.total_product  # g
     titer = traj.states.product / traj.states.volume
     ok = jnp.all(jnp.isfinite(total)) & jnp.all(jnp.isfinite(titer)) & jnp.all(traj.states.volume > 0)
@@ -611,7 +631,8 @@ class Conditioned:
         local: (N, n_local) the batch's own effects (epsilon, eta).
         logw: (N,) log importance weights (all zero for NUTS draws).
         loglik: (N,) log-likelihood of the data so far.
-        outputs: `{"total": (N, grid) g, "titer": (N, grid) g/L}`.
+        outputs: `{"total": (N, grid) g, "titer": (N, grid) g/L, "msr": (N,) mean squared
+            standardised residual of the data so far}`.
         grid: (grid,) times, h.
         method: "importance", "laplace-importance" or "nuts".
         ess: effective sample size of the weights.
@@ -648,9 +669,9 @@ def _nll(r: np.ndarray, loc: np.ndarray) -> np.ndarray:
 
 def _local_modes(pb, G, L0, *, iters: int, chunk: int, h: float = 1e-5):
     """Levenberg-Marquardt on the batch's own effects, one problem per row of `G` (vectorised):
-    minimise 0.5 |r(l)|^2 + 0.5 |l|^2 with r the standardised residuals (their SDs held at the
-    current iterate, as in iteratively reweighted least squares); Jacobians by central
-    differences (2 n_local extra simulations per row and iteration).
+    minimise 0.5 |r(l)|^2 + 0.5 |l|^2 with r the robust residuals of `_run` (the error SDs
+    held at the current iterate, as in iteratively reweighted least squares); Jacobians by
+    central differences (2 n_local extra simulations per row and iteration).
 
     Returns:
         modes (D, n_local) and the Gauss-Newton covariances (D, n_local, n_local).
@@ -786,7 +807,8 @@ def condition(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, 
     Xall = np.concatenate([G, X], axis=1)
     cov = np.cov(Xall, rowvar=False, aweights=w + 1e-12) + 1e-8 * np.eye(Xall.shape[1])
     Xn = _nuts(neg_logpost, jnp.asarray(Xall[best]), cov, jax.random.fold_in(key, 7), nuts_samples)
-    lln, _, outn = _chunked(pb, Xn[:, :ng], Xn[:, ng:], chunk)
+    lln, resn, outn = _chunked(pb, Xn[:, :ng], Xn[:, ng:], chunk)
+    outn = {**outn, "msr": _msr(pb, resn)}
     tried["nuts"] = float(len(Xn))
     return Conditioned(Xn[:, :ng], Xn[:, ng:], np.zeros(len(Xn)), lln, outn, np.asarray(pb.grid),
                        "nuts", float(len(Xn)), tuple(notes), tried)
@@ -802,6 +824,14 @@ def _nuts(f, x0, cov, key, n: int):
     return np.asarray(mcmc.get_samples())
 
 
+def _msr(pb, res) -> np.ndarray:
+    """Mean squared standardised error per particle, each error capped at 4 SD (one wild assay
+    moves it by at most 16 / n)."""
+    r2 = ROBUST_DF * np.expm1(res**2 / (ROBUST_DF + 1.0))  # invert the robust residual
+    n = int(sum(np.asarray(m).sum() for m in pb.obs_m.values()))
+    return np.sum(np.minimum(r2, 16.0), axis=1) / max(n, 1)
+
+
 def _per_draw_is(pb, U, modes, covs, per_draw: int, rng, chunk: int, nu: float = 7.0):
     """Student-t particles around each draw's mode, weights normalised within each draw."""
     D, k = modes.shape
@@ -815,7 +845,8 @@ def _per_draw_is(pb, U, modes, covs, per_draw: int, rng, chunk: int, nu: float =
     logq = -0.5 * (nu + k) * np.log1p(maha / nu)
     X = X.reshape(D * per_draw, k)
     G = np.repeat(U, per_draw, axis=0)
-    ll, _, out = _chunked(pb, G, X, chunk)
+    ll, res, out = _chunked(pb, G, X, chunk)
+    out = {**out, "msr": _msr(pb, res)}
     logw = (ll - 0.5 * np.sum(X**2, axis=1) - logq.reshape(-1)).reshape(D, per_draw)
     logw = np.where(np.isfinite(logw), logw, -np.inf)
     mx = np.max(logw, axis=1, keepdims=True)
@@ -986,6 +1017,11 @@ class Forecast:
         structural: `{quantity: (bias, sd)}` of the structural error applied (empty: none).
         model_only: `{"total_product_kg": ..., "final_titer_g_L": ...}` summaries before the
             structural error (what the model's own uncertainty says).
+        data_fit: how well the conditioned twin reproduces the data so far:
+            `mean_sq_std_residual` (about 1 when the data look like the history),
+            `batch_effects_sd` (largest of this batch's own effects, in prior SDs) and `warning`
+            (text, or None) when either says the twin cannot explain this batch (a fault, a new
+            operating regime, bad data): the forecast then extrapolates a model that does not fit.
         grid: times, h; fan_titer, fan_total_kg: `(5, grid)` quantiles (5, 25, 50, 75, 95 %).
         samples: `{"total_product_kg": (M,), "final_titer_g_L": (M,)}` equally weighted draws.
         wall_s: seconds the forecast took.
@@ -1006,6 +1042,7 @@ class Forecast:
     notes: tuple[str, ...]
     structural: dict
     model_only: dict
+    data_fit: dict
     grid: np.ndarray
     fan_titer: np.ndarray
     fan_total_kg: np.ndarray
@@ -1032,6 +1069,7 @@ class Forecast:
             "n_particles": self.n_particles,
             "structural_error": {q: {"log_bias": b, "log_sd": s} for q, (b, s) in self.structural.items()},
             "model_only": self.model_only,
+            "data_fit": self.data_fit,
             "notes": list(self.notes), "wall_s": self.wall_s,
         }
         if self.threshold is not None:
@@ -1113,7 +1151,17 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
     if threshold is not None:
         final = titer[:, -1] if threshold.quantity == "final_titer" else total_kg[:, -1] * 1000.0
         prob = float(np.mean(final < threshold.value))
-    notes = cond.notes
+    w = cond.weights
+    msr = float(np.sum(w * cond.outputs["msr"]))
+    eff = float(np.sum(w * np.max(np.abs(cond.local), axis=1))) if cond.local.size else 0.0
+    warning = None
+    if msr > MISFIT_MSR or eff > MISFIT_EFFECT_SD:
+        warning = (f"the twin does not reproduce this batch's data so far (mean squared "
+                   f"standardised residual {msr:.1f}, batch effects at {eff:.1f} prior SDs): a "
+                   "fault, a new operating regime or bad data? The forecast extrapolates a model "
+                   "that does not fit this batch")
+    data_fit = {"mean_sq_std_residual": msr, "batch_effects_sd": eff, "warning": warning}
+    notes = cond.notes + ((warning,) if warning else ())
     if errors is not None:
         notes = notes + (f"widened by the twin's structural error measured on {errors.source}",)
     return Forecast(
@@ -1121,7 +1169,7 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
         final_titer_g_L=_summary(titer[:, -1]), total_product_kg=_summary(total_kg[:, -1]),
         peak_productivity_h=_summary(peak), prob_below=prob, threshold=threshold,
         method=cond.method, ess=cond.ess, n_particles=len(cond.logw), notes=notes,
-        structural=structural, model_only=model_only, grid=grid, fan_titer=np.quantile(titer, _QUANTILES, axis=0),
+        structural=structural, model_only=model_only, data_fit=data_fit, grid=grid, fan_titer=np.quantile(titer, _QUANTILES, axis=0),
         fan_total_kg=np.quantile(total_kg, _QUANTILES, axis=0),
         samples={"total_product_kg": total_kg[:, -1], "final_titer_g_L": titer[:, -1]},
         wall_s=time.perf_counter() - t0)

@@ -185,6 +185,10 @@ def _print(fc, out: Path, notes) -> None:
     _console.print(t)
     if fc.threshold is not None:
         _console.print(f"probability of ending below {fc.threshold.text}: {fc.prob_below:.2f}")
+    if fc.data_fit["warning"]:
+        _err.print(f"[yellow]warning:[/yellow] {fc.data_fit['warning']}", markup=True,
+                   highlight=False, soft_wrap=True)
+        notes = [n for n in notes if n != fc.data_fit["warning"]]
     for n in notes:
         _console.print(f"note: {n}")
     _console.print(f"wrote {out / 'forecast.json'} and {out / 'forecast.png'}")
