@@ -201,7 +201,7 @@ def demo(
     figures: Path = typer.Option(REPO / "figures", "--figures", help="where the PNGs are copied"),
     calibrate_history: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                            help="calibrate the IndPenSim strain on the demo history (SVI)"),
-    svi_steps: int = typer.Option(1500, "--svi-steps", help="SVI steps of the demo calibration"),
+    svi_steps: int = typer.Option(600, "--svi-steps", help="SVI steps of the demo calibration (after its Laplace start)"),
 ) -> None:
     """The main job on the embedded data: simulate every shipped scenario, plot the demo plant
     history, calibrate the IndPenSim strain on it (SVI) and draw the plant scenario with the
