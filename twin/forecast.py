@@ -99,8 +99,10 @@ _T_CONST = float(math.lgamma((ROBUST_DF + 1) / 2) - math.lgamma(ROBUST_DF / 2)
 
 MISFIT_MSR = 4.0
 MISFIT_EFFECT_SD = 4.0
+LATEST_ALARM_SD = 3.0
 """`Forecast.data_fit` warns above these (mean squared standardised residual; batch effects in
-prior SDs): the conditioned twin does not reproduce the batch's data."""
+prior SDs; both of the latest two titer assays beyond this many SDs on one side): the
+conditioned twin does not reproduce the batch's data."""
 
 _FLOWS = ("substrate_feed", "oil_feed", "precursor_feed", "water_feed", "draw")
 _RECORDED_SETPOINTS = ("aeration",)
@@ -1019,7 +1021,8 @@ class Forecast:
             structural error (what the model's own uncertainty says).
         data_fit: how well the conditioned twin reproduces the data so far:
             `mean_sq_std_residual` (about 1 when the data look like the history),
-            `batch_effects_sd` (largest of this batch's own effects, in prior SDs) and `warning`
+            `batch_effects_sd` (largest of this batch's own effects, in prior SDs),
+            `latest_product_residuals_sd` (the last two titer assays against the fit) and `warning`
             (text, or None) when either says the twin cannot explain this batch (a fault, a new
             operating regime, bad data): the forecast then extrapolates a model that does not fit.
         grid: times, h; fan_titer, fan_total_kg: `(5, grid)` quantiles (5, 25, 50, 75, 95 %).
@@ -1085,6 +1088,21 @@ def _summary(x) -> dict:
     q = np.quantile(x, _QUANTILES)
     return {"median": float(q[2]), "q05": float(q[0]), "q25": float(q[1]), "q75": float(q[3]),
             "q95": float(q[4]), "mean": float(np.mean(x))}
+
+
+def _latest_product_residuals(posterior, record, at, grid, titer_median) -> list[float]:
+    """Standardised errors (calibration scale) of the last two titer assays up to `at` against
+    the conditioned twin's median titer."""
+    if "product" not in record.variables():
+        return []
+    t, y = record.series("product")
+    sel = t <= at + 1e-9
+    t, y = t[sel][-2:], y[sel][-2:]
+    pred = np.interp(t, grid, titer_median)
+    a = float(np.median(posterior.draws.get("sd_product", np.zeros(1))))
+    c = float(np.median(posterior.draws.get("cv_product", np.zeros(1))))
+    sd = np.sqrt(a**2 + (c * pred) ** 2) + 1e-12
+    return [float(x) for x in (y - pred) / sd]
 
 
 def _resample(w: np.ndarray, m: int, rng) -> np.ndarray:
@@ -1154,13 +1172,19 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
     w = cond.weights
     msr = float(np.sum(w * cond.outputs["msr"]))
     eff = float(np.sum(w * np.max(np.abs(cond.local), axis=1))) if cond.local.size else 0.0
+    latest = _latest_product_residuals(posterior, record, at, grid, np.median(titer, axis=0))
     warning = None
     if msr > MISFIT_MSR or eff > MISFIT_EFFECT_SD:
         warning = (f"the twin does not reproduce this batch's data so far (mean squared "
                    f"standardised residual {msr:.1f}, batch effects at {eff:.1f} prior SDs): a "
                    "fault, a new operating regime or bad data? The forecast extrapolates a model "
                    "that does not fit this batch")
-    data_fit = {"mean_sq_std_residual": msr, "batch_effects_sd": eff, "warning": warning}
+    elif len(latest) == 2 and min(abs(x) for x in latest) > LATEST_ALARM_SD and latest[0] * latest[1] > 0:
+        warning = (f"the latest two titer assays depart from the twin's fit by "
+                   f"{latest[0]:+.1f} and {latest[1]:+.1f} SDs: a fault or a change the twin has "
+                   "not seen? The forecast weighs them as outliers")
+    data_fit = {"mean_sq_std_residual": msr, "batch_effects_sd": eff,
+                "latest_product_residuals_sd": latest, "warning": warning}
     notes = cond.notes + ((warning,) if warning else ())
     if errors is not None:
         notes = notes + (f"widened by the twin's structural error measured on {errors.source}",)
