@@ -94,19 +94,19 @@ def _laplace(fn, *, seed: int, iterations: int = 300):
     opt = optax.lbfgs()
     vg = optax.value_and_grad_from_state(f)
 
+    # a jitted step in a Python loop, not one scanned loop: XLA compiles a whole while loop as one
+    # function in this process (see twin.integrators), which is slow for a loop this large
     @jax.jit
-    def run(x):
-        def body(carry, _):
-            x, st = carry
-            v, g = vg(x, state=st)
-            u, st = opt.update(g, st, x, value=v, grad=g, value_fn=f)
-            return (optax.apply_updates(x, u), st), v
+    def step(x, st):
+        v, g = vg(x, state=st)
+        u, st = opt.update(g, st, x, value=v, grad=g, value_fn=f)
+        return optax.apply_updates(x, u), st, v
 
-        (x, _), values = jax.lax.scan(body, (x, opt.init(x)), None, length=iterations)
-        return x, values
-
-    mode, values = run(x0)
-    H = jax.hessian(f)(mode)
+    mode, st, v = x0, opt.init(x0), None
+    for _ in range(iterations):
+        mode, st, v = step(mode, st)
+    values = [v]
+    H = jax.jit(jax.hessian(f))(mode)
     H = 0.5 * (H + H.T)
     w, V = np.linalg.eigh(np.asarray(H))
     w = np.maximum(w, 1e-6 * max(float(w.max()), 1.0))  # a flat or saddle direction gets a wide, finite scale
@@ -138,7 +138,7 @@ def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None)
     fn = _model_fn(spec, data)
     if progress:
         progress(0, steps)
-    mode, cov, unravel, ok = _laplace(fn, seed=seed)
+    mode, cov, unravel, ok = _laplace(fn, seed=seed, iterations=min(300, max(20, steps)))
     guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
     svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.005, steps, 0.1)), Trace_ELBO())
     state = svi.init(jax.random.PRNGKey(seed))

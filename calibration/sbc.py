@@ -106,19 +106,25 @@ def simulation_based_calibration(spec: StrainSpec, reps: int, *, svi_steps: int,
     x0, unravel = ravel_pytree(info.param_info.z)
     lbfgs = optax.lbfgs()
 
+    # jitted steps in Python loops, not scanned loops: XLA compiles a whole while loop as one
+    # function in this process (see twin.integrators), which is slow for loops this large
+    def potential(x, obs_y):
+        return info.potential_fn(obs_y)(unravel(x))
+
     @jax.jit
+    def lbfgs_step(x, st, obs_y):
+        f = lambda y: potential(y, obs_y)  # noqa: E731
+        v, g = optax.value_and_grad_from_state(f)(x, state=st)
+        u, st = lbfgs.update(g, st, x, value=v, grad=g, value_fn=f)
+        return optax.apply_updates(x, u), st, v
+
+    hessian = jax.jit(jax.hessian(potential))
+
     def laplace(obs_y):
-        f = lambda x: info.potential_fn(obs_y)(unravel(x))  # noqa: E731
-        vg = optax.value_and_grad_from_state(f)
-
-        def body(carry, _):
-            x, st = carry
-            v, g = vg(x, state=st)
-            u, st = lbfgs.update(g, st, x, value=v, grad=g, value_fn=f)
-            return (optax.apply_updates(x, u), st), v
-
-        (x, _), values = jax.lax.scan(body, (x0, lbfgs.init(x0)), None, length=300)
-        return x, jax.hessian(f)(x), values[-1]
+        x, st, v = x0, lbfgs.init(x0), None
+        for _ in range(min(300, max(20, svi_steps))):  # as in `calibrate`
+            x, st, v = lbfgs_step(x, st, obs_y)
+        return x, hessian(x, obs_y), v
 
     guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
     svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.005, svi_steps, 0.1)), Trace_ELBO())
@@ -126,11 +132,15 @@ def simulation_based_calibration(spec: StrainSpec, reps: int, *, svi_steps: int,
     perm = _guide_permutation(guide, unravel, x0.shape[0])
     to_unconstrained = biject_to(constraints.softplus_lower_cholesky).inv
 
-    @jax.jit
+    update = jax.jit(svi.update)
+
     def refine(optim_state, rng, obs_y):
         st = SVIState(optim_state, state0.mutable_state, rng)
-        st, losses = jax.lax.scan(lambda s_, _: svi.update(s_, obs_y), st, None, length=svi_steps)
-        return svi.get_params(st), losses
+        losses = []
+        for _ in range(svi_steps):
+            st, loss = update(st, obs_y)
+            losses.append(loss)
+        return svi.get_params(st), jnp.stack(losses)
 
     for r in range(reps):
         obs = {v: jnp.where(data.obs_mask[v], sims[f"obs_{v}"][r], 0.0) for v in data.variables}

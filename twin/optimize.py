@@ -475,7 +475,7 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
                  progress: Callable[[int, int], None] | None = None, overrides=None) -> dict:
     """`twin optimize`: solve, round, check on every posterior draw, write recipe.csv, summary.json
     and the figures. Nothing is written unless the rounded recipe holds every constraint on the
-    check draws (else `OptimizeError`, exit 3 in the CLI)."""
+    check draws (else `OptimizeError`, exit status 2 in the CLI)."""
     import time
 
     from calibration.posterior import load_draws
