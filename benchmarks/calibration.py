@@ -22,7 +22,6 @@ recovery >= 0.85.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path

@@ -51,7 +51,7 @@ import numpy as np
 from .control import Block, Budget, ControlError, ControlProblem, sensitivity, solve
 from .errors import TwinError
 from .recipe import Profile, Recipe, snap_to_grid
-from .simulate import FixedGrid, Trajectory, simulate
+from .simulate import FixedGrid, Trajectory
 from .state import CONTROL_VARIABLES
 
 __all__ = ["OptimizeSpec", "VariableSpec", "load_optimize_spec", "RecipeOptimizer", "OptimizeError"]
