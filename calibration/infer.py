@@ -138,7 +138,7 @@ def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None)
     fn = _model_fn(spec, data)
     if progress:
         progress(0, steps)
-    mode, cov, unravel, ok = _laplace(fn, seed=seed, iterations=min(300, max(20, steps)))
+    mode, cov, unravel, ok = _laplace(fn, seed=seed, iterations=200)
     guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
     svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.005, steps, 0.1)), Trace_ELBO())
     state = svi.init(jax.random.PRNGKey(seed))

@@ -122,7 +122,7 @@ def simulation_based_calibration(spec: StrainSpec, reps: int, *, svi_steps: int,
 
     def laplace(obs_y):
         x, st, v = x0, lbfgs.init(x0), None
-        for _ in range(min(300, max(20, svi_steps))):  # as in `calibrate`
+        for _ in range(200):  # as in `calibrate`
             x, st, v = lbfgs_step(x, st, obs_y)
         return x, hessian(x, obs_y), v
 
