@@ -18,6 +18,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -41,7 +42,7 @@ def _user_errors():
     try:
         yield
     except TwinError as e:
-        _err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        _err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
