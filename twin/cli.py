@@ -374,6 +374,8 @@ def _mount_forecast() -> None:
     from .forecast_cli import register
 
     register(app)
+    from .advise_cli import register as register_advise
+    register_advise(app)
 
 
 _mount_forecast()
