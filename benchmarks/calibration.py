@@ -1,7 +1,8 @@
 """Calibration benchmark: speed and honesty of the posterior on 2 cores.
 
 Measured in one run (each part optional):
-  svi      SVI (AutoMultivariateNormal) on the 12 demo IndPenSim batches: wall time.
+  svi      SVI (full-rank Gaussian VI from the Laplace approximation, calibration.vi) on the
+           12 demo IndPenSim batches: wall time, compilation included.
   nuts     NUTS, 2 chains in parallel processes, on the same batches: wall time, r-hat,
            divergences, bulk ESS per second; SVI means vs NUTS (in NUTS posterior SDs).
   holdout  leave-batches-out on the demo history (folds of 4 held-out batches, SVI fit on the
@@ -165,6 +166,9 @@ def main(argv=None):
             head[f"sbc_p_{k}"] = round(p, 4)
         head["sbc_min_p"] = round(min(p for _, p in chi.values()), 4)
         head["sbc_coverage90"] = round(res.coverage90(), 3)
+        head["sbc_failed_replications"] = len(res.failed)
+        for r, why in res.failed:
+            print(f"SBC replication {r} failed: {why}")
     for k, v in head.items():
         print(f"{k}: {v}")
     return head

@@ -19,8 +19,7 @@ from typing import Any, Callable
 import arviz as az
 import jax
 import numpy as np
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_median, init_to_value
-from numpyro.infer.autoguide import AutoMultivariateNormal
+from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
 import twin
 from twin.data import BatchSet, load_batch_dir
@@ -30,6 +29,7 @@ from twin.recipe import Recipe, read_recipe_csv
 
 from .model import CalibrationData, build_data, calibration_model, structure_hash
 from .spec import StrainSpec, load_strain
+from .vi import GaussianFit, gaussian_vi, laplace, potential
 
 __all__ = ["CalibrationResult", "load_history", "calibrate", "save_posterior", "load_posterior",
            "PosteriorError", "FORMAT_VERSION"]
@@ -80,112 +80,28 @@ def _model_fn(spec: StrainSpec, data: CalibrationData):
     return fn
 
 
-def _laplace(fn, *, seed: int, iterations: int = 300):
-    """Mode of the posterior (L-BFGS on the potential in unconstrained space, from the prior
-    median) and the Cholesky factor of the inverse Hessian there: the Laplace approximation, in
-    the sorted-site order AutoMultivariateNormal and dense-mass NUTS use."""
-    import optax
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import initialize_model
-
-    info = initialize_model(jax.random.PRNGKey(seed), fn, init_strategy=init_to_median(num_samples=15))
-    x0, unravel = ravel_pytree(info.param_info.z)
-    f = lambda x: info.potential_fn(unravel(x))  # noqa: E731
-    opt = optax.lbfgs()
-    vg = optax.value_and_grad_from_state(f)
-
-    # a jitted step in a Python loop, not one scanned loop: XLA compiles a whole while loop as one
-    # function in this process (see twin.integrators), which is slow for a loop this large
-    @jax.jit
-    def step(x, st):
-        v, g = vg(x, state=st)
-        u, st = opt.update(g, st, x, value=v, grad=g, value_fn=f)
-        return optax.apply_updates(x, u), st, v
-
-    mode, st, v = x0, opt.init(x0), None
-    for _ in range(iterations):
-        mode, st, v = step(mode, st)
-    values = [v]
-    H = jax.jit(jax.hessian(f))(mode)
-    H = 0.5 * (H + H.T)
-    w, V = np.linalg.eigh(np.asarray(H))
-    w = np.maximum(w, 1e-6 * max(float(w.max()), 1.0))  # a flat or saddle direction gets a wide, finite scale
-    cov = (V / w) @ V.T
-    ok = bool(np.all(np.isfinite(np.asarray(mode)))) and bool(np.isfinite(np.asarray(values[-1])))
-    return np.asarray(mode), 0.5 * (cov + cov.T), unravel, ok
-
-
-def _guide_permutation(guide, sorted_unravel, dim: int) -> np.ndarray:
-    """`perm` with guide_latent = sorted_latent[perm]: AutoMultivariateNormal packs its latent
-    vector in model-site order, while `ravel_pytree` (dense-mass NUTS, `_laplace`) sorts site names."""
-    ids = jax.numpy.arange(dim, dtype=float)
-    in_guide = guide._unpack_latent(ids)
-    in_sorted = sorted_unravel(ids)
-    perm = np.empty(dim, dtype=int)
-    for k, v in in_guide.items():
-        perm[np.asarray(v).ravel().astype(int)] = np.asarray(in_sorted[k]).ravel().astype(int)
-    return perm
-
-
-def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None):
-    """AutoMultivariateNormal SVI started at the Laplace approximation (mode and inverse-Hessian
-    Cholesky factor): from there the ELBO needs hundreds, not many thousands, of Adam steps, and a
-    poor local optimum of the noise levels is avoided."""
-    import optax
-    from numpyro.distributions import biject_to, constraints
-    from numpyro.infer.svi import SVIState
-
-    fn = _model_fn(spec, data)
+def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None) -> GaussianFit:
+    """Full-rank Gaussian VI started at the Laplace approximation (L-BFGS mode, inverse Hessian):
+    from there the ELBO needs hundreds, not many thousands, of Adam steps, and a poor local optimum
+    of the noise levels is avoided. See `calibration.vi`."""
     if progress:
         progress(0, steps)
-    mode, cov, unravel, ok = _laplace(fn, seed=seed, iterations=200)
-    guide = AutoMultivariateNormal(fn, init_loc_fn=init_to_median(num_samples=15))
-    svi = SVI(fn, guide, optax.adam(optax.exponential_decay(0.005, steps, 0.1)), Trace_ELBO())
-    state = svi.init(jax.random.PRNGKey(seed))
-    if ok:
-        perm = _guide_permutation(guide, unravel, mode.shape[0])
-        chol = np.linalg.cholesky(cov[np.ix_(perm, perm)])
-        params = dict(svi.get_params(state))
-        params["auto_loc"] = jax.numpy.asarray(mode[perm])
-        params["auto_scale_tril"] = biject_to(constraints.softplus_lower_cholesky).inv(jax.numpy.asarray(chol))
-        state = SVIState(svi.optim.init(params), state.mutable_state, state.rng_key)
-    update = jax.jit(svi.update)
-    losses = []
-    chunk = max(steps // 50, 1)
-    for i in range(steps):
-        state, loss = update(state)
-        losses.append(float(loss))
-        if progress and (i + 1) % chunk == 0:
-            progress(i + 1, steps)
-        if not np.isfinite(losses[-1]):
-            raise TwinError("SVI diverged (loss is not finite)", field="inference.svi_steps",
-                            value=i, hint="tighten the priors or lower the learning rate")
-    params = svi.get_params(state)
-    return guide, params, np.asarray(losses)
+    pot = potential(_model_fn(spec, data), seed=seed)
+    mode, cov, ok = laplace(pot, iterations=200)
+    if not ok:  # start from the prior medians with unit scales instead
+        mode, cov = pot.x0, np.eye(pot.dim)
+    return gaussian_vi(pot, mode, cov, steps=steps, seed=seed, progress=progress, where=spec.path)
 
 
 def _warm_start(spec, data, *, steps: int, seed: int, n_chains: int, progress: Callable | None = None):
-    """An SVI fit to start NUTS from: one posterior draw per chain as its initial point, and the
-    variational covariance (unconstrained space) as the initial inverse mass matrix, so that warm-up
-    only refines step size and metric instead of discovering the posterior's scales."""
-    guide, params, _ = _svi(spec, data, steps=steps, seed=seed, progress=progress)
-    post = guide.get_posterior(params)
-    cov_guide = np.asarray(post.scale_tril @ post.scale_tril.T)
-    # NUTS ravels the sites in sorted-name order; the guide in model order
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import initialize_model
-
-    info = initialize_model(jax.random.PRNGKey(seed), _model_fn(spec, data),
-                            init_strategy=init_to_median(num_samples=15))
-    _, unravel = ravel_pytree(info.param_info.z)
-    perm = _guide_permutation(guide, unravel, cov_guide.shape[0])
-    cov = np.empty_like(cov_guide)
-    cov[np.ix_(perm, perm)] = cov_guide
-    inits = []
-    for c in range(n_chains):
-        d = guide.sample_posterior(jax.random.PRNGKey(seed + 7919 * (c + 1)), params)
-        inits.append({k: np.asarray(v) for k, v in d.items()})
-    return inits, cov
+    """A Gaussian VI fit to start NUTS from: one draw per chain as its initial point, and the
+    variational covariance (unconstrained space, sorted-site order as dense-mass NUTS ravels it)
+    as the initial inverse mass matrix, so that warm-up only refines step size and metric instead
+    of discovering the posterior's scales."""
+    fit = _svi(spec, data, steps=steps, seed=seed, progress=progress)
+    draws = fit.sample(jax.random.PRNGKey(seed + 7919), n_chains)
+    inits = [{k: v[c] for k, v in draws.items()} for c in range(n_chains)]
+    return inits, fit.covariance
 
 
 def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | None,
@@ -199,8 +115,8 @@ def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | 
         bs = bs.select(overrides["batches"])
     data = build_data(spec, bs, recipes)
     inf = spec.inference
-    # With `dense_mass=True` NUTS ravels the unconstrained latent sites in sorted-name order;
-    # `_warm_start` reorders the guide's covariance to match.
+    # with `dense_mass=True` NUTS ravels the unconstrained latent sites in sorted-name order, the
+    # order of `calibration.vi` (and so of the warm start's covariance)
     kernel = NUTS(_model_fn(spec, data), dense_mass=True, max_tree_depth=int(inf["max_tree_depth"]),
                   target_accept_prob=float(inf["target_accept"]), inverse_mass_matrix=inverse_mass_matrix,
                   init_strategy=init_to_value(values=init) if init else init_to_median(num_samples=15))
@@ -244,10 +160,9 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
     cb = progress or (lambda *a: None)
     seed = int(inf["seed"])
     if inf["method"] == "svi":
-        guide, params, losses = _svi(spec, data, steps=int(inf["svi_steps"]), seed=seed,
-                                     progress=lambda i, n: cb("SVI", i, n))
-        draws = guide.sample_posterior(jax.random.PRNGKey(seed + 1), params,
-                                       sample_shape=(int(inf["samples"]),))
+        fit = _svi(spec, data, steps=int(inf["svi_steps"]), seed=seed, progress=lambda i, n: cb("SVI", i, n))
+        draws = fit.sample(jax.random.PRNGKey(seed + 1), int(inf["samples"]))
+        losses = fit.losses
         posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
         posterior.update(_deterministic(spec, data, draws))
         stats = {"diverging": np.zeros((1, int(inf["samples"])), dtype=bool)}
