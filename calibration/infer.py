@@ -22,8 +22,8 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
 import twin
-from twin.data import BatchSet, load_batch_dir
-from twin.errors import TwinError
+from twin.data import BatchSet, load_batch_dir, load_batches
+from twin.errors import DataError, TwinError
 from twin.io import atomic_path
 from twin.recipe import Recipe, read_recipe_csv
 
@@ -31,8 +31,8 @@ from .model import CalibrationData, build_data, calibration_model, structure_has
 from .spec import StrainSpec, load_strain
 from .vi import GaussianFit, gaussian_vi, laplace, potential
 
-__all__ = ["CalibrationResult", "load_history", "calibrate", "save_posterior", "load_posterior",
-           "PosteriorError", "FORMAT_VERSION"]
+__all__ = ["CalibrationResult", "load_history", "load_batch_source", "calibrate", "save_posterior",
+           "load_posterior", "PosteriorError", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2  # 2: attributes dt and initial (what posterior draws need to simulate)
 
@@ -50,23 +50,50 @@ class CalibrationResult:
     wall_s: float
 
 
+def load_batch_source(path: str | os.PathLike, spec: StrainSpec) -> tuple[BatchSet, dict[str, Recipe]]:
+    """Batches from a batch directory (`measurements.csv|parquet` + `batches.csv`) or a long
+    measurements file (with `batches.csv` beside it, if any), validated by `twin.data`, and each
+    batch's recipe: `recipes/<batch>.csv` beside the data, else the scenario's recipe.
+
+    Raises:
+        DataError, UnitError: anything `twin.data` rejects.
+        RecipeError: a recipe file that does not parse or does not span the scenario.
+    """
+    path = Path(path)
+    if path.is_dir():
+        bs, folder = load_batch_dir(path), path
+    elif path.is_file():
+        bs, folder = load_batches(path), path.parent
+    else:
+        raise DataError("batch data not found (give a batch directory or a measurements file)", where=path)
+    sc = spec.scenario
+    recipes = {}
+    for b in bs.batch_ids:
+        f = folder / "recipes" / f"{b}.csv"
+        recipes[b] = read_recipe_csv(f, defaults=sc.control_defaults, span=(0.0, sc.duration_h)) \
+            if f.is_file() else sc.recipe
+    return bs, recipes
+
+
 def load_history(spec: StrainSpec) -> tuple[BatchSet, dict[str, Recipe]]:
-    """The strain's batches (minus hold-outs) and each batch's recipe."""
+    """The strain's batches (minus hold-outs) and each batch's recipe, then the batches of
+    `spec.extra_data` (refused if a batch id is already taken)."""
     if spec.data_dir is None:
         from .synthetic import make_synthetic
 
         hist = make_synthetic(spec)
-        return hist.batch_set, hist.recipes
-    bs = load_batch_dir(spec.data_dir)
-    bs = bs.select([b for b in bs.batch_ids if b not in spec.holdout])
-    recipes = {}
-    sc = spec.scenario
-    for b in bs.batch_ids:
-        f = spec.data_dir / "recipes" / f"{b}.csv"
-        if f.is_file():
-            recipes[b] = read_recipe_csv(f, defaults=sc.control_defaults, span=(0.0, sc.duration_h))
-        else:
-            recipes[b] = sc.recipe
+        bs, recipes = hist.batch_set, dict(hist.recipes)
+    else:
+        bs, recipes = load_batch_source(spec.data_dir, spec)
+        bs = bs.select([b for b in bs.batch_ids if b not in spec.holdout])
+    for extra in spec.extra_data:
+        more, more_recipes = load_batch_source(extra, spec)
+        for b in more.batch_ids:
+            if b in bs:
+                raise DataError("batch id already in the calibration data", where=extra, field="batch",
+                                value=b, hint=f"already from {bs.source}")
+        bs = BatchSet({**bs.records, **more.records}, f"{bs.source}; {more.source}")
+        recipes.update(more_recipes)
     return bs, recipes
 
 
@@ -109,7 +136,8 @@ def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | 
     """One NUTS chain (runs in its own process)."""
     jax.config.update("jax_enable_x64", True)
     spec = load_strain(spec_path)
-    spec = dataclasses.replace(spec, inference={**spec.inference, **overrides.get("inference", {})})
+    spec = dataclasses.replace(spec, inference={**spec.inference, **overrides.get("inference", {})},
+                               extra_data=tuple(Path(p) for p in overrides.get("extra_data", ())))
     bs, recipes = load_history(spec)
     if overrides.get("batches"):
         bs = bs.select(overrides["batches"])
@@ -170,7 +198,8 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
         idata.attrs["svi_final_loss"] = float(np.mean(losses[-50:]))
     else:
         n_chains = int(inf["chains"])
-        overrides = {"inference": inf, "batches": list(bs.batch_ids)}
+        overrides = {"inference": inf, "batches": list(bs.batch_ids),
+                     "extra_data": [str(p) for p in spec.extra_data]}
         inits, imm = [None] * n_chains, None
         if inf.get("warm_start", True):
             inits, imm = _warm_start(spec, data, steps=int(inf["svi_steps"]), seed=seed, n_chains=n_chains,

@@ -15,7 +15,7 @@ from .diagnostics import check, flat_draws, predictive, summary_table
 from .infer import CalibrationResult, calibrate, save_posterior
 from .spec import OBSERVABLE, load_strain
 
-__all__ = ["run_calibration", "write_outputs"]
+__all__ = ["run_calibration", "write_outputs", "synthetic_truth"]
 
 
 def write_outputs(result: CalibrationResult, out: Path, *, n_predictive: int = 100,
@@ -59,8 +59,12 @@ def run_calibration(strain: Path, out: Path, *, method: str | None = None,
                     progress: Callable | None = None, **overrides) -> tuple[CalibrationResult, dict]:
     spec = load_strain(strain)
     result = calibrate(spec, method=method, progress=progress, **overrides)
-    truth = None
-    if spec.data_dir is None and spec.synthetic:
-        truth = {p.key: float(spec.synthetic.get("truth", {}).get(p.key, np.nan)) for p in spec.priors}
-    diag = write_outputs(result, out, truth=truth)
+    diag = write_outputs(result, out, truth=synthetic_truth(spec))
     return result, diag
+
+
+def synthetic_truth(spec) -> dict | None:
+    """The true parameter values of a synthetic strain (`[synthetic].truth`), else None."""
+    if spec.data_dir is None and spec.synthetic:
+        return {p.key: float(spec.synthetic.get("truth", {}).get(p.key, np.nan)) for p in spec.priors}
+    return None

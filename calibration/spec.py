@@ -95,6 +95,9 @@ class StrainSpec:
     observations: tuple[ObservationSpec, ...]
     inference: dict[str, Any]
     raw: dict[str, Any]
+    # batch directories or measurements files added to the strain's data (`twin calibrate
+    # --update-with`); not part of the TOML
+    extra_data: tuple[Path, ...] = ()
 
     @property
     def parameter_names(self) -> list[str]:
