@@ -244,22 +244,41 @@ def calibrate(
     samples: Optional[int] = typer.Option(None, "--samples"),
     svi_steps: Optional[int] = typer.Option(None, "--svi-steps"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    update_with: Optional[Path] = typer.Option(
+        None, "--update-with", help="newly finished batches (batch directory or measurements file, with "
+        "recipes/<batch>.csv beside it): predict them from the old posterior, compare with what happened, "
+        "then refit on old + new batches (update.json, update.png)"),
+    posterior: Optional[Path] = typer.Option(
+        None, "--posterior", help="with --update-with: the old posterior (default OUT/posterior.nc, kept "
+        "as posterior.prev.nc); a file given here is never overwritten"),
 ) -> None:
-    """Calibrate a strain: posterior.nc, summary.csv, fit.png, parameters.png, diagnostics.json."""
+    """Calibrate a strain: posterior.nc, summary.csv, fit.png, parameters.png, diagnostics.json
+    (with --update-with: first check the old posterior's prediction of the new batches)."""
     # The CLI is the application shell: it may use `calibration`; twin's library modules never do.
     from calibration.run import run_calibration
 
     with _user_errors():
         if method is not None and method not in ("nuts", "svi"):
             raise TwinError("must be nuts or svi", field="--method", value=method)
+        if posterior is not None and update_with is None:
+            raise TwinError("--posterior names the posterior to update: give --update-with too",
+                            field="--posterior", value=str(posterior))
+        update = None
         with _progress() as prog:
             task = prog.add_task("calibrating", total=None)
 
             def cb(stage, done, total):
                 prog.update(task, description=stage, completed=done, total=total)
 
-            result, diag = run_calibration(strain, out, method=method, progress=cb, chains=chains,
-                                           warmup=warmup, samples=samples, svi_steps=svi_steps, seed=seed)
+            kw = dict(method=method, progress=cb, chains=chains, warmup=warmup, samples=samples,
+                      svi_steps=svi_steps, seed=seed)
+            if update_with is not None:
+                from calibration.update import run_update
+
+                update = run_update(strain, out, update_with, posterior=posterior, **kw)
+                result, diag = update.result, update.diagnostics
+            else:
+                result, diag = run_calibration(strain, out, **kw)
         from calibration.diagnostics import summary_table
 
         table = summary_table(result.idata, diag)
@@ -271,6 +290,48 @@ def calibrate(
             t.add_row(r["parameter"], r["unit"], f"{r['mean']:.4g}", f"{r['q05']:.4g}", f"{r['q50']:.4g}",
                       f"{r['q95']:.4g}", f"{r['r_hat']:.3f}", f"{r['ess_bulk']:.0f}")
         console.print(t)
+        if update is not None:
+            rep = update.report
+            old = rep["old_posterior"]
+            t = Table(title=f"New batches predicted by the old posterior ({len(old['batches'])} batches, "
+                            f"{str(old['method']).upper()}; {rep['prediction']['draws']} draws, new-batch "
+                            "effects, assay noise): median [90 % interval]", header_style="bold")
+            for c in ("batch", "figure", "predicted [90 %]", "realised", "error %", "hit", "assays in 90 %"):
+                t.add_column(c, justify="right")
+            for c in rep["batches"]:
+                a = c["assays_in_90pct_interval"]
+                assays = ", ".join(f"{v} {x['inside']}/{x['n']}" for v, x in a.items())
+                for key, label, fmt in (("final_titer_g_L", "final titer g/L", ".3g"),
+                                        ("total_product_kg", "total product kg", ".4g")):
+                    q = c[key]
+                    hit = "-" if q["hit"] is None else ("[green]hit[/green]" if q["hit"] else "[red]MISS[/red]")
+                    t.add_row(c["batch"] if key == "final_titer_g_L" else "", label,
+                              f"{q['median']:{fmt}} [{q['q05']:{fmt}}, {q['q95']:{fmt}}]",
+                              "-" if q["realised"] is None else f"{q['realised']:{fmt}}",
+                              "-" if q["error_pct"] is None else f"{q['error_pct']:+.1f}", hit,
+                              assays if key == "final_titer_g_L" else "")
+            console.print(t)
+            sm = rep["summary"]
+            frac = "-" if sm["assay_fraction_inside"] is None else f"{sm['assay_fraction_inside']:.0%}"
+            console.print(f"finals inside their 90 % interval: {sm['finals_hit']}/{sm['finals_compared']}; "
+                          f"assay points inside: {sm['assay_points_inside']}/{sm['assay_points']} ({frac}, "
+                          "90 % expected)")
+            t = Table(title="Posterior before -> after the update", header_style="bold")
+            for c in ("parameter", "unit", "old mean (sd)", "new mean (sd)", "sd new/old", "shift, old sds"):
+                t.add_column(c, justify="right")
+            for key, p in rep["parameters"].items():
+                t.add_row(key, p["unit"], f"{p['old']['mean']:.4g} ({p['old']['sd']:.2g})",
+                          f"{p['new']['mean']:.4g} ({p['new']['sd']:.2g})", f"{p['sd_ratio']:.2f}",
+                          f"{p['shift_in_old_sd']:+.2f}")
+            console.print(t)
+            if not old["data_unchanged_since"]:
+                console.print("[yellow]note: the old posterior's batches read differently now than when it was "
+                              "fitted (data hash differs): the strain's data changed since[/yellow]")
+            for c in rep["batches"]:
+                if not c["recipe"].endswith(".csv"):
+                    console.print(f"note: {c['batch']}: set-points from the {escape(c['recipe'])}")
+            kept = rep["new_posterior"]["kept_previous_as"]
+            console.print(f"wrote {out}/update.json, update.png" + (f"; previous posterior kept as {kept}" if kept else ""))
         console.print(f"wrote {out}/posterior.nc, summary.csv, fit.png, parameters.png, diagnostics.json")
         if not diag["ok"]:
             err.print("[red]calibration FAILED its diagnostics:[/red] " + "; ".join(diag["problems"]))
