@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 from .base import AbstractProduction, Broth, parameter
@@ -11,14 +13,26 @@ __all__ = ["LuedekingPiret", "ProductHydrolysis"]
 
 
 class LuedekingPiret(AbstractProduction):
-    r"""Luedeking-Piret production with sugar-regulated non-growth term.
+    r"""Luedeking-Piret production with sugar-regulated non-growth term and carbon-flux repression.
 
-    $$q_P = \alpha \mu + \beta_{max} \frac{S}{K_P + S + S^2/K_{IP}}$$
+    $$q_P = \left[\alpha \mu + \beta_{max} \frac{S}{K_P + S + S^2/K_{IP}}\right] r(q_C), \qquad
+      r(q_C) = \frac{1}{1 + (q_C / K_{qC})^{n_{qC}}}$$
 
     The non-growth term falls at high sugar (catabolite repression of secondary metabolism,
-    as in the penicillin model of Bajpai & Reuss 1980) and at zero sugar.
+    as in the penicillin model of Bajpai & Reuss 1980) and at zero sugar. The factor $r$ represses
+    all production when the specific carbon uptake $q_C$ (sugar equivalents, sugar plus oil at
+    $Y_{X,oil}/Y_{XS}$ g sugar per g; computed by the carbon balance, see `twin.kinetics.culture`)
+    exceeds $K_{qC}$: cells whose uptake runs near capacity grow and do not make product. In
+    IndPenSim (Goldrick et al. 2015) penicillin formation is a narrow window in residual sugar,
+    $\exp(-\tfrac12 ((S - 0.002)/0.0015)^2)$ with S in g/L, so production stops as soon as the carbon
+    feed per biomass outruns uptake and sugar rises above a few mg/L; at the twin's sugar assay
+    precision (0.05 g/L) that window is only visible through $q_C$. $r(0) = 1$, $r(K_{qC}) = 1/2$,
+    $r$ falls monotonically and is smooth ($C^\infty$ for $q_C > 0$). The default
+    $K_{qC} = 10^3$ g/g/h switches the repression off.
 
-    Reference: Luedeking & Piret (1959) J Biochem Microbiol Technol Eng 1:393; Bajpai & Reuss (1980).
+    Reference: Luedeking & Piret (1959) J Biochem Microbiol Technol Eng 1:393; Bajpai & Reuss (1980);
+    Goldrick et al. (2015) J Biotechnol 193:70 (IndPenSim); Douma et al. (2010) Biotechnol Bioeng
+    106:608 (penicillin productivity falls at high growth rate in glucose-limited P. chrysogenum).
     """
 
     beta_max: Float[Array, ""] = parameter(unit="g/g/h", lower=0.0, upper=1.0,
@@ -29,10 +43,21 @@ class LuedekingPiret(AbstractProduction):
                                        doc="sugar inhibition (repression) constant of production")
     alpha: Float[Array, ""] = parameter(unit="g/g", lower=0.0, upper=10.0, default=0.0,
                                         doc="growth-associated product yield")
+    K_qC: Float[Array, ""] = parameter(unit="g/g/h", lower=1e-4, upper=1e3, default=1e3,
+                                       doc="specific carbon uptake (sugar equivalents) halving "
+                                           "production (carbon-flux repression)")
+    n_qC: Float[Array, ""] = parameter(unit="-", lower=1.0, upper=30.0, default=4.0,
+                                       doc="steepness (Hill exponent) of carbon-flux repression")
 
     def __call__(self, broth: Broth, growth: Float[Array, ""]) -> Float[Array, ""]:
+        """q_P before carbon-flux repression (multiply by `repression`), g/g/h."""
         s = broth.substrate
         return self.alpha * growth + self.beta_max * s / (self.K_P + s + s * s / self.K_IP)
+
+    def repression(self, carbon_uptake: Float[Array, ""]) -> Float[Array, ""]:
+        """Factor r(q_C) in (0, 1] on production; `carbon_uptake` q_C >= 0 in g sugar-eq/g/h."""
+        q = jnp.maximum(carbon_uptake, 0.0) + 1e-30  # q_C >= 0 by construction; guards the log
+        return jax.nn.sigmoid(-self.n_qC * (jnp.log(q) - jnp.log(self.K_qC)))
 
 
 class ProductHydrolysis(eqx.Module):
