@@ -107,25 +107,41 @@ def _model_fn(spec: StrainSpec, data: CalibrationData):
     return fn
 
 
-def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None) -> GaussianFit:
+def _start(pot, start: dict) -> np.ndarray:
+    """The flat unconstrained point of `start` (`{site: constrained value}`); sites it lacks, or
+    gives in another shape, keep the potential's own initial value."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.distributions import biject_to
+
+    sites = pot.unravel(jax.numpy.asarray(pot.x0))
+    for k, v in sites.items():
+        if k in start and np.shape(start[k]) == np.shape(v):
+            sites[k] = biject_to(pot.supports[k]).inv(jax.numpy.asarray(start[k], dtype=float))
+    return np.asarray(ravel_pytree(sites)[0])
+
+
+def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None,
+         start: dict | None = None) -> GaussianFit:
     """Full-rank Gaussian VI started at the Laplace approximation (L-BFGS mode, inverse Hessian):
     from there the ELBO needs hundreds, not many thousands, of Adam steps, and a poor local optimum
-    of the noise levels is avoided. See `calibration.vi`."""
+    of the noise levels is avoided. See `calibration.vi`. With `start` (`{site: constrained
+    value}`) the mode search starts there instead of at the prior medians."""
     if progress:
         progress(0, steps)
     pot = potential(_model_fn(spec, data), seed=seed)
-    mode, cov, ok = laplace(pot, iterations=200)
+    mode, cov, ok = laplace(pot, iterations=200, x0=None if start is None else _start(pot, start))
     if not ok:  # start from the prior medians with unit scales instead
         mode, cov = pot.x0, np.eye(pot.dim)
     return gaussian_vi(pot, mode, cov, steps=steps, seed=seed, progress=progress, where=spec.path)
 
 
-def _warm_start(spec, data, *, steps: int, seed: int, n_chains: int, progress: Callable | None = None):
+def _warm_start(spec, data, *, steps: int, seed: int, n_chains: int, progress: Callable | None = None,
+                start: dict | None = None):
     """A Gaussian VI fit to start NUTS from: one draw per chain as its initial point, and the
     variational covariance (unconstrained space, sorted-site order as dense-mass NUTS ravels it)
     as the initial inverse mass matrix, so that warm-up only refines step size and metric instead
     of discovering the posterior's scales."""
-    fit = _svi(spec, data, steps=steps, seed=seed, progress=progress)
+    fit = _svi(spec, data, steps=steps, seed=seed, progress=progress, start=start)
     draws = fit.sample(jax.random.PRNGKey(seed + 7919), n_chains)
     inits = [{k: v[c] for k, v in draws.items()} for c in range(n_chains)]
     return inits, fit.covariance
@@ -164,7 +180,8 @@ def _chain(spec_path: str, overrides: dict, chain: int, seed: int, init: dict | 
 def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str] | None = None,
               chains: int | None = None, warmup: int | None = None, samples: int | None = None,
               svi_steps: int | None = None, seed: int | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> CalibrationResult:
+              progress: Callable[[str, int, int], None] | None = None,
+              start: dict | None = None) -> CalibrationResult:
     """Calibrate the strain: NUTS (one process per chain) or SVI; returns the posterior.
 
     Args:
@@ -173,6 +190,9 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
         batches: calibrate on these batch ids only.
         chains, warmup, samples, svi_steps, seed: override the strain file's [inference].
         progress: callback `(stage, done, total)`.
+        start: `{latent site: constrained value}` where the Laplace mode search (SVI, and SVI's
+            warm start of NUTS) begins, e.g. an earlier posterior's mean (`twin calibrate
+            --update-with`); default the prior medians.
     """
     inf = dict(spec.inference)
     for k, v in dict(method=method, chains=chains, warmup=warmup, samples=samples,
@@ -188,7 +208,8 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
     cb = progress or (lambda *a: None)
     seed = int(inf["seed"])
     if inf["method"] == "svi":
-        fit = _svi(spec, data, steps=int(inf["svi_steps"]), seed=seed, progress=lambda i, n: cb("SVI", i, n))
+        fit = _svi(spec, data, steps=int(inf["svi_steps"]), seed=seed, progress=lambda i, n: cb("SVI", i, n),
+                   start=start)
         draws = fit.sample(jax.random.PRNGKey(seed + 1), int(inf["samples"]))
         losses = fit.losses
         posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
@@ -203,7 +224,7 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
         inits, imm = [None] * n_chains, None
         if inf.get("warm_start", True):
             inits, imm = _warm_start(spec, data, steps=int(inf["svi_steps"]), seed=seed, n_chains=n_chains,
-                                     progress=lambda i, n: cb("SVI warm start", i, n))
+                                     progress=lambda i, n: cb("SVI warm start", i, n), start=start)
         results = []
         if n_chains == 1:
             cb("NUTS chains", 0, 1)

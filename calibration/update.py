@@ -19,12 +19,17 @@ r"""Batch-to-batch learning: test the posterior's prediction of newly finished b
    90 % interval, realised value, error of the median in % of the realised value, hit or miss;
    and the fraction of every observed variable's points inside their 90 % predictive interval.
 4. **Refit** on the old posterior's batches plus the new ones, by the strain file's method (or
-   `method`). It is a plain refit: the Laplace start, SVI and NUTS warm-up run fixed numbers of
-   iterations, so starting them at the old posterior would save no time.
-5. **Write** `DIR/posterior.nc` (an existing one is kept as `DIR/posterior.prev.nc`; a posterior
-   given elsewhere is never written to), the usual summary.csv, fit.png, parameters.png and
+   `method`), its mode search started at the old posterior's mean (:func:`start_values`; new
+   batches' effects at the population's). This saves little time, but keeps the refit in the
+   old fit's mode: where the posterior is weakly identified, fits started from the prior medians
+   with different seeds land in different modes, and the shift old -> new would then measure the
+   optimiser, not what the new batches taught.
+5. **Write** `DIR/posterior.nc` (an existing one is kept as `DIR/posterior.prev.nc`; the posterior
+   updated from is never written to), the usual summary.csv, fit.png, parameters.png and
    diagnostics.json, and `update.json` (per new batch predicted vs realised; per parameter the
-   shift of the posterior mean and SD) and `update.png`.
+   shift of the posterior mean and SD) and `update.png`. A refit whose SD of some parameter
+   shrank more than `COLLAPSED_SD_RATIO`-fold is a failed fit, not learning: it is written, but
+   reported as a failed diagnostic (the command exits 3).
 
 The new posterior records the data it saw beyond the strain file (`extra_data`: the paths of
 every batch source added by updates, which must stay in place for the next update) and the
@@ -62,10 +67,14 @@ from .model import CalibrationData, _scale_y0, build_data, observe, simulate_bat
 from .run import synthetic_truth, write_outputs
 from .spec import StrainSpec, load_strain
 
-__all__ = ["QUANTILES", "compare", "Prediction", "predict_new_batches", "check_batches", "parameter_shift",
-           "UpdateResult", "check_old_posterior", "run_update", "plot_update"]
+__all__ = ["QUANTILES", "COLLAPSED_SD_RATIO", "compare", "Prediction", "predict_new_batches", "check_batches",
+           "parameter_shift", "start_values", "UpdateResult", "check_old_posterior", "run_update",
+           "plot_update"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# a posterior SD that shrinks more than this with a few more batches is a failed fit, not learning
+# (for n batches the SD of a strain-level parameter goes roughly as 1/sqrt(n))
+COLLAPSED_SD_RATIO = 0.05
 
 
 def compare(samples, realised: float | None) -> dict:
@@ -283,6 +292,26 @@ def check_old_posterior(spec: StrainSpec, path: Path):
     return idata
 
 
+def start_values(idata, batches: list[str]) -> dict[str, np.ndarray]:
+    """Where the refit's mode search starts: the old posterior's mean of every latent site
+    (geometric mean of the positive ones: `tau_*`, `sd_*`, `cv_*`), per-batch sites (`eps_*`,
+    `eta0_*`) laid out for `batches`, a batch the old posterior has not seen at 0 (the population)."""
+    post = idata.posterior
+    seen = [str(b) for b in post.coords["batch"].values] if "batch" in post.coords else []
+    out = {}
+    for k in post.data_vars:
+        a = np.asarray(post[k], dtype=float)
+        a = a.reshape((-1,) + a.shape[2:])
+        if k.startswith(("tau_", "sd_", "cv_")):
+            out[k] = np.exp(np.mean(np.log(np.maximum(a, 1e-300)), axis=0))
+        elif k.startswith("z_"):
+            out[k] = a.mean(axis=0)
+        elif k.startswith(("eps_", "eta0_")) and a.ndim == 2 and a.shape[1] == len(seen):
+            m = a.mean(axis=0)
+            out[k] = np.array([m[seen.index(b)] if b in seen else 0.0 for b in batches])
+    return out
+
+
 @dataclasses.dataclass
 class UpdateResult:
     result: CalibrationResult
@@ -366,7 +395,8 @@ def run_update(strain: Path, out: Path, new_batches: Path, *, posterior: Path | 
     t_predict = time.perf_counter() - t1
     cb("predicting new batches from the old posterior", 1, 1)
 
-    result = calibrate(spec_all, method=method, batches=old_batches + new_bs.batch_ids, progress=cb,
+    batches = old_batches + new_bs.batch_ids
+    result = calibrate(spec_all, method=method, batches=batches, progress=cb, start=start_values(old, batches),
                        **overrides)
     result.idata.attrs["extra_data"] = json.dumps([str(p) for p in spec_all.extra_data])
     result.idata.attrs["updated_from"] = json.dumps({
@@ -397,14 +427,44 @@ def run_update(strain: Path, out: Path, new_batches: Path, *, posterior: Path | 
         "parameters": parameter_shift(spec, old, result.idata),
     }
 
+    n_old, n_all = len(old_batches), result.data.n_batches
+    expected = float(np.sqrt(n_old / n_all)) if n_old else 1.0
+    collapsed = {k: p["sd_ratio"] for k, p in report["parameters"].items()
+                 if p["sd_ratio"] is not None and p["sd_ratio"] < COLLAPSED_SD_RATIO}
+    report["problems"], report["notes"] = [], []
+    wider = [k for k, p in report["parameters"].items() if p["sd_ratio"] is not None and p["sd_ratio"] > 2.0]
+    moved = [k for k, p in report["parameters"].items()
+             if p["shift_in_old_sd"] is not None and abs(p["shift_in_old_sd"]) > 4.0]
+    if wider:
+        report["notes"].append(
+            f"the posterior widened with more batches (SD x{report['parameters'][wider[0]]['sd_ratio']:.1f} for "
+            f"{', '.join(wider)}; about x{expected:.2f} expected): the new batches disagree with the old ones, or "
+            "one of the two fits is poorer (compare their fit.png and in-sample coverage)")
+    if moved:
+        report["notes"].append(
+            f"{', '.join(moved)} moved by more than 4 old SDs: a process change in the new batches, or an "
+            "old posterior too narrow (SVI's often is)")
+    if collapsed:
+        worst = min(collapsed, key=collapsed.get)
+        report["problems"].append(
+            f"the updated posterior collapsed: the SD of {worst} shrank x{collapsed[worst]:.1e} with "
+            f"{n_all - n_old} more batches on {n_old} (about x{expected:.2f} expected"
+            f"{f'; also {len(collapsed) - 1} other(s)' if len(collapsed) > 1 else ''}): the refit did not converge")
+
     # write: nothing above has touched `out`
     out.mkdir(parents=True, exist_ok=True)
-    target = out / "posterior.nc"
-    if target.is_file():
-        with atomic_path(out / "posterior.prev.nc", suffix=".nc") as tmp:
+    target, prev = out / "posterior.nc", out / "posterior.prev.nc"
+    if target.is_file() and prev.resolve() != old_path.resolve():  # never write the file updated from
+        with atomic_path(prev, suffix=".nc") as tmp:
             shutil.copyfile(target, tmp)
-        report["new_posterior"]["kept_previous_as"] = str(out / "posterior.prev.nc")
+        report["new_posterior"]["kept_previous_as"] = str(prev)
     diag = write_outputs(result, out, truth=synthetic_truth(spec))
+    if report["problems"]:
+        diag["problems"] += report["problems"]
+        diag["advice"].append("rerun the update with --method nuts (or another --seed); the posterior "
+                              f"updated from is unchanged at {report['new_posterior']['kept_previous_as'] or old_path}")
+        diag["ok"] = False
+        write_json(diag, out / "diagnostics.json")
     report["wall_s"] = {"predict": t_predict, "refit": result.wall_s, "total": time.perf_counter() - t0}
     plot_update(pred, new_bs, checks, report["parameters"], path=out / "update.png",
                 title=f"{spec.name}: {len(checks)} new batch(es) predicted by the old posterior "
@@ -504,7 +564,12 @@ def plot_update(pred: Prediction, batch_set: BatchSet, checks: list[dict], shift
             ax.axvline(1.0, color="k", lw=0.6, ls=":")
             lo, hi = ax.get_xlim()
             if hi / max(lo, 1e-12) > 3.0:  # a log axis only where the intervals span a wide range
+                from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("value / old posterior mean", fontsize=8)
             ax.set_title("parameters before (grey) and after (blue) the update: 90 %, mean", fontsize=9)
             ax.legend(fontsize=7, loc="best")

@@ -19,7 +19,7 @@ from calibration.infer import _to_idata, load_history, load_posterior, save_post
 from calibration.model import build_data
 from calibration.spec import load_strain
 from calibration.synthetic import make_synthetic
-from calibration.update import Prediction, check_batches, compare
+from calibration.update import Prediction, check_batches, compare, start_values
 from twin.cli import app
 from twin.data import batch_set_from_frames, write_batches
 from twin.forecast import observed_totals
@@ -47,24 +47,28 @@ def write_synthetic(spec, d: Path, *, seed: int, n: int, prefix: str = "NEW") ->
     return list(ren.values())
 
 
-def _fake_posterior(spec, path: Path, batches=("SYN01", "SYN02"), n: int = 20, **attrs) -> Path:
-    """A posterior file of the strain's format made without inference (prior draws)."""
-    bs, recipes = load_history(spec)
-    data = build_data(spec, bs.select(list(batches)), recipes)
-    rng = np.random.default_rng(0)
+def _fake_idata(spec, data, *, n: int = 20, scale: float = 1.0, seed: int = 0):
+    """A posterior of the strain's format made without inference: prior draws, the strain-level
+    parameters' standardised values scaled by `scale` (a posterior that narrow)."""
+    rng = np.random.default_rng(seed)
     post = {}
     for p in spec.priors:
-        z = rng.standard_normal((1, n))
+        z = scale * rng.standard_normal((1, n))
         post[f"z_{p.key}"] = z
         post[p.key] = np.exp(np.log(p.median) + p.log_sd * z)
     for k in spec.batch_effects:
         post[f"tau_{k}"] = np.abs(rng.normal(0, spec.batch_sd_prior, (1, n)))
-        post[f"eps_{k}"] = rng.standard_normal((1, n, len(batches)))
+        post[f"eps_{k}"] = rng.standard_normal((1, n, data.n_batches))
     for o in spec.observations:
-        for prefix, scale in (("sd_", o.sd), ("cv_", o.cv)):
-            if scale > 0:
-                post[prefix + o.variable] = np.abs(rng.normal(0, scale, (1, n)))
-    idata = _to_idata(spec, data, post, {"diverging": np.zeros((1, n), bool)}, method="svi")
+        for prefix, sd in (("sd_", o.sd), ("cv_", o.cv)):
+            if sd > 0:
+                post[prefix + o.variable] = np.abs(rng.normal(0, sd, (1, n)))
+    return _to_idata(spec, data, post, {"diverging": np.zeros((1, n), bool)}, method="svi")
+
+
+def _fake_posterior(spec, path: Path, batches=("SYN01", "SYN02"), **attrs) -> Path:
+    bs, recipes = load_history(spec)
+    idata = _fake_idata(spec, build_data(spec, bs.select(list(batches)), recipes))
     idata.attrs.update(attrs)
     return save_posterior(idata, path)
 
@@ -114,6 +118,18 @@ def test_check_batches_on_a_known_prediction(spec):
         assert c["assays_in_90pct_interval"]["product"] == {"inside": 2, "n": 3, "fraction": pytest.approx(2 / 3)}
         assert c["assays_in_90pct_interval"]["volume"]["fraction"] == 1.0
         assert c["end_h"] == 100.0
+
+
+def test_start_values_lay_out_old_batches_and_put_new_ones_at_the_population(spec):
+    bs, recipes = load_history(spec)
+    idata = _fake_idata(spec, build_data(spec, bs.select(["SYN01", "SYN02"]), recipes), n=50)
+    start = start_values(idata, ["SYN02", "NEW01", "SYN01"])
+    eps = np.asarray(idata.posterior["eps_mu_max"])[0]  # (draws, batch) in the order SYN01, SYN02
+    np.testing.assert_allclose(start["eps_mu_max"], [eps[:, 1].mean(), 0.0, eps[:, 0].mean()], rtol=1e-12)
+    tau = np.asarray(idata.posterior["tau_mu_max"]).ravel()
+    assert start["tau_mu_max"] == pytest.approx(np.exp(np.log(tau).mean()), rel=1e-12)
+    assert start["z_Y_XS"] == pytest.approx(np.asarray(idata.posterior["z_Y_XS"]).mean(), rel=1e-12)
+    assert "Y_XS" not in start  # deterministic sites are not latent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +210,39 @@ def test_no_old_posterior_and_posterior_without_update(tmp_path):
         " ".join(res.output.split())
 
 
+def test_collapsed_refit_fails_and_the_posterior_updated_from_is_kept(spec, tmp_path, monkeypatch):
+    """The refit replaced by a posterior 1e4 times narrower than the old one: written, but a
+    failed diagnostic (exit 3). Updating from OUT/posterior.prev.nc while OUT/posterior.nc exists
+    must not copy the latter over the former."""
+    from calibration import update
+    from calibration.infer import CalibrationResult
+
+    def narrow_refit(spec_all, *, method=None, batches=None, progress=None, **kw):
+        bs, recipes = load_history(spec_all)
+        data = build_data(spec_all, bs.select(batches), recipes)
+        return CalibrationResult(spec_all, data, _fake_idata(spec_all, data, scale=1e-4), "svi", 0.0)
+
+    monkeypatch.setattr(update, "calibrate", narrow_refit)
+    out = tmp_path / "cal"
+    prev = _fake_posterior(spec, out / "posterior.prev.nc")
+    _fake_posterior(spec, out / "posterior.nc", batches=("SYN03",))
+    prev_bytes = prev.read_bytes()
+    new = tmp_path / "new"
+    write_synthetic(spec, new, seed=5, n=1)
+    res = CliRunner().invoke(app, ["calibrate", str(SYN), "--out", str(out), "--update-with", str(new),
+                                   "--posterior", str(prev)])
+    assert res.exit_code == 3, res.output
+    line = " ".join(res.output.split())
+    assert "calibration FAILED its diagnostics: the updated posterior collapsed: the SD of" in line
+    assert "with 1 more batches on 2 (about x0.82 expected" in line
+    assert prev.read_bytes() == prev_bytes
+    rep = json.loads((out / "update.json").read_text())
+    assert rep["new_posterior"]["kept_previous_as"] is None and rep["problems"]
+    assert json.loads(load_posterior(out / "posterior.nc").attrs["batches"]) == ["SYN01", "SYN02", "NEW01"]
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["ok"] is False and diag["problems"] == rep["problems"]
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end
 
@@ -230,6 +279,7 @@ def test_update_end_to_end(spec, tmp_path):
             assert q["hit"], (b, q)
             assert abs(q["error_pct"]) < 15.0
     assert rep["summary"]["assay_fraction_inside"] >= 0.75
+    assert rep["problems"] == []
     new_post = load_posterior(out / "posterior.nc", model=spec.scenario.model)
     assert json.loads(new_post.attrs["batches"]) == ["SYN01", "SYN02", "SYN03", *ids]
     assert new_post.attrs["data_hash"] != old.attrs["data_hash"]

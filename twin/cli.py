@@ -324,6 +324,8 @@ def calibrate(
                           f"{p['new']['mean']:.4g} ({p['new']['sd']:.2g})", f"{p['sd_ratio']:.2f}",
                           f"{p['shift_in_old_sd']:+.2f}")
             console.print(t)
+            for note in rep["notes"]:
+                console.print(f"[yellow]note: {escape(note)}[/yellow]")
             if not old["data_unchanged_since"]:
                 console.print("[yellow]note: the old posterior's batches read differently now than when it was "
                               "fitted (data hash differs): the strain's data changed since[/yellow]")
