@@ -6,7 +6,10 @@ naming the file, field, rule and value, and exit status 2.
 The twin's structural error (`twin.forecast.measure_errors`: its forecasts of the strain's own
 historical batches against their observed ends) widens and de-biases the forecast. It is measured
 once per posterior (a few minutes) and cached beside the posterior file as
-`<posterior>.forecast_errors.json`; `--model-only` skips it.
+`<posterior>.forecast_errors.json`; `--model-only` skips it. Measured with the posterior itself it
+is in-sample (the posterior saw those batches' ends) and too small for a new batch late in the
+batch; `--error-folds K` measures it leave-batches-out instead (each historical batch forecast by
+a posterior calibrated without its fold: K SVI calibrations, kept in `<posterior>.folds/`).
 """
 
 from __future__ import annotations
@@ -60,21 +63,32 @@ def _identity(posterior_path: Path) -> dict:
 
 
 def structural_errors(post, history, plans, *, posterior_path: Path, progress=None,
-                      future_flows=None, n_draws: int = 200):
+                      future_flows=None, n_draws: int = 200, folds: int = 0, log=None):
     """The twin's structural forecast error for this posterior: read from the cache beside the
-    posterior file when it matches, else measured on `history` and cached (if writable)."""
-    from .forecast import ForecastErrors, measure_errors
+    posterior file when it matches, else measured on `history` and cached (if writable); with
+    `folds` >= 2 leave-batches-out (`twin.forecast.leave_out_posteriors`)."""
+    import hashlib
+
+    from .forecast import ForecastErrors, leave_out_posteriors, measure_errors
 
     cache = posterior_path.with_name(posterior_path.name + ".forecast_errors.json")
-    ident = {**_identity(posterior_path), "fractions": list(ERROR_FRACTIONS),
+    base = _identity(posterior_path)
+    ident = {**base, "fractions": list(ERROR_FRACTIONS),
              "batches": sorted(history.batch_ids), "n_draws": n_draws}
+    if folds:
+        ident["folds"] = int(folds)
     if cache.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError):
             saved = json.loads(cache.read_text())
             if saved.get("identity") == ident:
                 return ForecastErrors.from_dict(saved["errors"])
+    held_out = {}
+    if folds:
+        tag = hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()[:12]
+        folder = posterior_path.with_name(posterior_path.name + ".folds") / tag
+        held_out = leave_out_posteriors(post.spec, history, folds, directory=folder, log=log)
     errors = measure_errors(post, history, plans, fractions=ERROR_FRACTIONS, progress=progress,
-                            future_flows=future_flows, n_draws=n_draws)
+                            future_flows=future_flows, n_draws=n_draws, posteriors=held_out)
     with contextlib.suppress(OSError):
         from .io import atomic_write_text
 
@@ -108,6 +122,9 @@ def forecast_command(
     seed: int = typer.Option(0, "--seed", help="random seed (reruns with one seed are identical)"),
     draws: int = typer.Option(200, "--draws", help="posterior draws the forecast uses (x 10 "
                               "particles each)"),
+    error_folds: int = typer.Option(0, "--error-folds", help="measure the structural error "
+                                    "leave-batches-out with this many folds (K SVI calibrations, "
+                                    "once per posterior); 0: in-sample"),
 ) -> None:
     """Forecast a running batch's final titer and total product from its data so far."""
     import jax
@@ -127,6 +144,8 @@ def forecast_command(
         thr = parse_threshold(threshold) if threshold is not None else None
         if draws < 1:
             raise TwinError("must be a whole number >= 1", field="--draws", value=draws)
+        if error_folds == 1 or error_folds < 0:
+            raise TwinError("must be 0 (in-sample) or >= 2", field="--error-folds", value=error_folds)
         with _progress() as prog:
             task = prog.add_task("loading the posterior", total=None)
             post = load_strain_posterior(posterior, strain_file=strain_file)
@@ -157,8 +176,12 @@ def forecast_command(
                 def cb(done, total):
                     prog.update(task, completed=done, total=total)
 
+                if error_folds:
+                    prog.update(task, description=f"calibrating {error_folds} leave-batches-out "
+                                                  "posteriors (once per posterior)")
                 errors = structural_errors(post, history, plans, posterior_path=Path(posterior),
-                                           progress=cb, future_flows=flows, n_draws=draws)
+                                           progress=cb, future_flows=flows, n_draws=draws,
+                                           folds=error_folds)
             prog.update(task, description=f"forecasting at {at_h:g} h", completed=0, total=None)
             fc = forecast(post, rec, plan, at=at_h, key=jax.random.PRNGKey(seed), threshold=thr,
                           errors=errors, future_flows=flows, n_draws=draws)
@@ -167,7 +190,8 @@ def forecast_command(
         doc["notes"] = doc["notes"] + notes
         doc["inputs"] = {"posterior": str(posterior), "batch_file": str(batch),
                          "recipe": str(recipe) if recipe else f"scenario {sc.name}",
-                         "seed": seed, "structural_error": bool(errors is not None)}
+                         "seed": seed, "structural_error": bool(errors is not None),
+                         "structural_error_source": errors.source if errors is not None else None}
         write_json(doc, out / "forecast.json")
         plot_forecast(fc, rec, path=out / "forecast.png", history=history)
     _print(fc, out, doc["notes"])
