@@ -110,7 +110,7 @@ def sbc(reps: int, steps: int, draws: int, bins: int):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="svi,nuts,holdout,recovery,sbc")
-    ap.add_argument("--svi-steps", type=int, default=1500)
+    ap.add_argument("--svi-steps", type=int, default=None, help="default: the strain file's")
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--chains", type=int, default=2)
@@ -130,7 +130,8 @@ def main(argv=None):
     if "svi" in parts:
         svi, wall = run_svi(a.svi_steps, max(a.samples, 200))
         head["svi_wall_s"] = round(wall, 1)
-        print(f"SVI: {wall:.1f} s for {a.svi_steps} steps", flush=True)
+        print(f"SVI: {wall:.1f} s for {svi.spec.inference['svi_steps']} steps after "
+              f"{svi.spec.inference['laplace_starts']} Laplace starts (solver step {svi.spec.inference['dt']} h)", flush=True)
     if "nuts" in parts:
         nuts, wall = run_nuts(a.warmup, a.samples, a.chains)
         d = check(nuts.idata)
@@ -154,13 +155,13 @@ def main(argv=None):
             print(f"held-out 90 % coverage, {k}: {c:.3f} over {n} observations")
             head[f"holdout_coverage_{k}"] = round(c, 3)
     if "recovery" in parts:
-        frac, per, n = recovery(a.reps, a.svi_steps, 400)
+        frac, per, n = recovery(a.reps, a.svi_steps or 1500, 400)
         head["recovery_in_90pct_interval"] = round(frac, 3)
         for k, v in per.items():
             head[f"recovery_{k}"] = round(v, 3)
         print(f"recovery: {frac:.3f} of true values inside their 90 % interval over {n} datasets (SVI)")
     if "sbc" in parts:
-        res, chi = sbc(a.sbc_reps, a.svi_steps, a.sbc_draws, bins=10 if a.sbc_reps >= 50 else 2)
+        res, chi = sbc(a.sbc_reps, a.svi_steps or 1500, a.sbc_draws, bins=10 if a.sbc_reps >= 50 else 2)
         for k, (c, p) in chi.items():
             print(f"SBC {k}: ranks {np.sort(res.ranks[k]).tolist()}; chi2 {c:.1f}, p {p:.3g}")
             head[f"sbc_p_{k}"] = round(p, 4)

@@ -29,7 +29,7 @@ from twin.recipe import Recipe, read_recipe_csv
 
 from .model import CalibrationData, build_data, calibration_model, structure_hash
 from .spec import StrainSpec, load_strain
-from .vi import GaussianFit, gaussian_vi, laplace, potential
+from .vi import GaussianFit, best_laplace, gaussian_vi, potential
 
 __all__ = ["CalibrationResult", "load_history", "load_batch_source", "calibrate", "save_posterior",
            "load_posterior", "PosteriorError", "FORMAT_VERSION"]
@@ -129,10 +129,13 @@ def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None,
     if progress:
         progress(0, steps)
     pot = potential(_model_fn(spec, data), seed=seed)
-    mode, cov, ok = laplace(pot, iterations=200, x0=None if start is None else _start(pot, start))
+    x0 = None if start is None else _start(pot, start)
+    mode, cov, ok, record = best_laplace(pot, x0=x0, starts=int(spec.inference["laplace_starts"]), seed=seed,
+                                         iterations=int(spec.inference["laplace_iterations"]))
     if not ok:  # start from the prior medians with unit scales instead
         mode, cov = pot.x0, np.eye(pot.dim)
-    return gaussian_vi(pot, mode, cov, steps=steps, seed=seed, progress=progress, where=spec.path)
+    fit = gaussian_vi(pot, mode, cov, steps=steps, seed=seed, progress=progress, where=spec.path)
+    return dataclasses.replace(fit, laplace=tuple(record))
 
 
 def _warm_start(spec, data, *, steps: int, seed: int, n_chains: int, progress: Callable | None = None,
@@ -217,6 +220,7 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
         stats = {"diverging": np.zeros((1, int(inf["samples"])), dtype=bool)}
         idata = _to_idata(spec, data, posterior, stats, method="svi")
         idata.attrs["svi_final_loss"] = float(np.mean(losses[-50:]))
+        idata.attrs["laplace_starts"] = json.dumps(list(fit.laplace))
     else:
         n_chains = int(inf["chains"])
         overrides = {"inference": inf, "batches": list(bs.batch_ids),

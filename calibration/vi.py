@@ -36,7 +36,7 @@ from numpyro.infer.util import initialize_model
 
 from twin.errors import TwinError
 
-__all__ = ["Potential", "potential", "laplace", "GaussianFit", "gaussian_vi"]
+__all__ = ["Potential", "potential", "laplace", "best_laplace", "GaussianFit", "gaussian_vi"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,19 +91,30 @@ def potential(model_fn, *, seed: int = 0, model_args: tuple | None = None) -> Po
 
 
 def laplace(pot: Potential, *args, x0: np.ndarray | None = None, iterations: int = 200,
-            h: float = 1e-4) -> tuple[np.ndarray, np.ndarray, bool]:
+            h: float = 1e-4, restarts: int = 3, gtol: float = 1e-2) -> tuple[np.ndarray, np.ndarray, bool]:
     """Mode (L-BFGS) and inverse Hessian (central differences of the gradient, step `h`) of the
     potential. Returns `(mode, covariance, ok)`; `ok` is false when the mode search ended on a
-    non-finite value. A flat or saddle direction gets a wide, finite variance."""
+    non-finite value. A flat or saddle direction gets a wide, finite variance.
+
+    L-BFGS-B also stops when the potential stops falling (its relative-reduction test) with the
+    gradient still large, e.g. after a long narrow valley filled its curvature memory: it is then
+    restarted from where it stopped, with fresh memory, up to `restarts` times, until the largest
+    gradient component is below `gtol` or `iterations` are spent in all."""
     def fun(x):
         v, g = pot(x, *args)
         if not (np.isfinite(v) and np.all(np.isfinite(g))):
             return np.inf, np.zeros_like(g)
         return v, g
 
-    start = pot.x0 if x0 is None else np.asarray(x0)
-    res = scipy.optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
-                                  options={"maxiter": iterations, "maxcor": 20, "ftol": 1e-12, "gtol": 1e-6})
+    res = None
+    x = pot.x0 if x0 is None else np.asarray(x0)
+    left = iterations
+    for _ in range(restarts + 1):
+        res = scipy.optimize.minimize(fun, x, jac=True, method="L-BFGS-B",
+                                      options={"maxiter": left, "maxcor": 20, "ftol": 1e-13, "gtol": gtol})
+        x, left = res.x, left - int(res.nit)
+        if left <= 0 or not np.isfinite(res.fun) or np.max(np.abs(res.jac)) <= gtol:
+            break
     mode = np.asarray(res.x)
     ok = bool(np.isfinite(res.fun)) and bool(np.all(np.isfinite(mode)))
     n = mode.shape[0]
@@ -121,6 +132,32 @@ def laplace(pot: Potential, *args, x0: np.ndarray | None = None, iterations: int
     return mode, 0.5 * (cov + cov.T), ok
 
 
+def best_laplace(pot: Potential, *args, starts: int = 4, seed: int = 0, x0: np.ndarray | None = None,
+                 spread: float = 0.3, **kw) -> tuple[np.ndarray, np.ndarray, bool, list[dict]]:
+    r"""The Laplace approximation from several starts: `x0` (default the prior medians) and
+    `starts - 1` points around it (independent normal offsets of `spread` in the unconstrained
+    space); the one with the largest Laplace evidence $-U(\hat x) + \frac12\log\det\Sigma$ wins.
+
+    Why: a kinetic model fitted to fed-batch data can have several modes (on the IndPenSim
+    history, a slow-growth/low-yield one and a fast-growth/high-yield one; which one L-BFGS finds
+    depends on where it starts). Returns `(mode, covariance, ok, record)`, `record` holding each
+    start's potential, evidence and largest gradient component."""
+    base = pot.x0 if x0 is None else np.asarray(x0)
+    rng = np.random.default_rng(seed)
+    best, record = None, []
+    for k in range(max(starts, 1)):
+        start = base if k == 0 else base + spread * rng.standard_normal(base.shape)
+        mode, cov, ok = laplace(pot, *args, x0=start, **kw)
+        v, g = pot(mode, *args)
+        logdet = float(np.linalg.slogdet(cov)[1])
+        ev = -v + 0.5 * logdet if ok and np.isfinite(v) else -np.inf
+        record.append({"start": k, "potential": float(v), "log_evidence": float(ev),
+                       "max_abs_grad": float(np.max(np.abs(g)))})
+        if best is None or ev > best[3]:
+            best = (mode, cov, ok, ev)
+    return best[0], best[1], best[2], record
+
+
 @dataclasses.dataclass(frozen=True)
 class GaussianFit:
     """A Gaussian `N(loc, scale_tril scale_tril^T)` over the flat unconstrained latent vector.
@@ -129,12 +166,14 @@ class GaussianFit:
         loc, scale_tril: its mean and Cholesky factor.
         losses: the negative ELBO (up to a constant) at each VI step, one draw each.
         potential: what it approximates.
+        laplace: the mode searches it started from (see `best_laplace`), if recorded.
     """
 
     loc: np.ndarray
     scale_tril: np.ndarray
     losses: np.ndarray
     potential: Potential
+    laplace: tuple[dict, ...] = ()
 
     @property
     def covariance(self) -> np.ndarray:
