@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import pytest
 from conftest import ROOT
 
 
@@ -37,3 +38,35 @@ def test_control_benchmark_quick_reports_both_solvers(capsys):
             assert f"\n{key}_{name}: " in out, f"{key}_{name}"
         # even a smoke run at N = 10 gets within 5 % of the continuous-time best
         assert figures[f"{key}_pct_of_best"] > 95.0
+
+
+@pytest.mark.slow
+def test_forecast_benchmark_with_tiny_arguments(capsys, tmp_path):
+    """One held-out plant batch forecast at one horizon with a short calibration: every headline
+    figure is printed as `name: value`, with the posterior used; the posterior is cached under a
+    key of what it depends on (a second run reuses it, an edited strain file changes the key)."""
+    pytest.importorskip("pensimpy")
+    bench = _load("forecast")
+    args = ["--n-batches", "1", "--horizons", "115", "--faults", "", "--n-draws", "8",
+            "--svi-steps", "30", "--error-folds", "0", "--cache", str(tmp_path)]
+    figures = bench.main(args)
+    out = capsys.readouterr().out
+    assert "calibrating the strain (SVI)" in out
+    for name in ("posterior", "posterior_key", "mape_50pct", "coverage90_50pct",
+                 "mape_hist_mean_50pct", "mape_regression_50pct", "structural_sd_50pct",
+                 "forecast_s_median", "twin_beats_both_baselines_every_horizon"):
+        assert f"\n{name}: " in out, name
+    key = figures["posterior_key"]
+    assert figures["posterior"] == str(tmp_path / "posterior" / key / "posterior.nc")
+    assert 0.0 <= figures["mape_50pct"] < 50.0 and figures["n_heldout"] == 1
+    said = []
+    again, ident = bench.calibrated_posterior(None, tmp_path, log=said.append, svi_steps=30)
+    assert again == tmp_path / "posterior" / key / "posterior.nc" and ident["key"] == key
+    assert said == []  # reused, not recalibrated
+    strain = tmp_path / "strain.toml"
+    strain.write_text(bench.STRAIN.read_text().replace('scenario = "../../scenarios/',
+                                                       f'scenario = "{bench.ROOT}/scenarios/'))
+    edited, shipped = bench.posterior_key(strain, svi_steps=30), bench.posterior_key(svi_steps=30)
+    assert shipped["key"] == key and edited["key"] != key
+    assert edited["model_structure"] == shipped["model_structure"]
+    assert bench.posterior_key()["key"] != key  # the SVI steps are part of the key

@@ -151,7 +151,8 @@ def load_strain_posterior(path, *, strain_file=None, max_draws: int | None = Non
     Args:
         path: `posterior.nc`.
         strain_file: the strain TOML (default: the one the posterior records, looked up as
-            written and relative to the repository).
+            written and relative to the repository). Its inference `dt` is replaced by the one
+            the posterior records (the grid its draws were fitted on), if they differ.
         max_draws: keep at most this many draws (a random subset, `seed`).
 
     Raises:
@@ -183,6 +184,9 @@ def load_strain_posterior(path, *, strain_file=None, max_draws: int | None = Non
                             f"file is for '{spec.name}'", where=path, field="strain",
                             value=str(strain_file))
     load_posterior(path, model=spec.scenario.model)  # refuse another model structure
+    if "dt" in attrs and float(attrs["dt"]) != float(spec.inference["dt"]):
+        # simulate on the grid the posterior was calibrated on, not the strain file's current one
+        spec = dataclasses.replace(spec, inference={**spec.inference, "dt": float(attrs["dt"])})
     draws = flat_draws(idata, max_draws, seed=seed)
     return StrainPosterior(spec=spec, draws=draws, strain=spec.name,
                            method=str(attrs.get("method", "nuts")), source=str(path))
