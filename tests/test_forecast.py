@@ -232,6 +232,35 @@ def test_online_signal_the_strain_observes_is_refused(post):
         forecast(post, rec, plan, at=30.0, online=(OnlineSignal("volume", sd=100.0, cv=0.0),), **OPTS)
 
 
+def test_volume_anchor_counts_the_recorded_broth(post):
+    """A strain that does not fit the volume (as the IndPenSim strain); the same batch with its
+    volume record after 0 h 3 % low (a plant's volume balance that leaves a stream out), forecast
+    at 80 h with and without the anchor: unanchored both forecast the same (the record does not
+    enter; rtol 1e-12); anchored, the forecast counts 3 % less broth in the vessel (the product
+    drawn off with harvest draws is what it was), so the total is lower by more than 1 % and by
+    at most 3 % (+ 0.3 %), the titer unchanged (rtol 1e-12); with the true record the anchor moves
+    the total by < 1 % (the record's noise)."""
+    spec = dataclasses.replace(post.spec, observations=tuple(
+        o for o in post.spec.observations if o.variable != "volume"))
+    p = dataclasses.replace(post, spec=spec, draws={k: v for k, v in post.draws.items()
+                                                    if k != "sd_volume"})
+    rec, plan, _ = make_batch(post, 3)
+    m = rec.measurements.copy()
+    m.loc[(m["variable"] == "volume") & (m["time_h"] > 0), "value"] *= 0.97
+    low = dataclasses.replace(rec, measurements=m)
+    fc = {(name, anchor): forecast(p, r, plan, at=80.0, volume_anchor=anchor, **OPTS)
+          for name, r in (("record", rec), ("low", low)) for anchor in (True, False)}
+
+    def total(name, anchor):
+        return fc[name, anchor].total_product_kg["median"]
+
+    assert total("low", False) == pytest.approx(total("record", False), rel=1e-12)
+    assert 0.967 < total("low", True) / total("low", False) < 0.99
+    assert fc["low", True].final_titer_g_L["median"] == pytest.approx(
+        fc["low", False].final_titer_g_L["median"], rel=1e-12)
+    assert total("record", True) == pytest.approx(total("record", False), rel=0.01)
+
+
 def test_structural_error_leave_batches_out(post):
     """`measure_errors(posteriors=...)` forecasts each named batch with its own (held-out)
     posterior: batch A's log error is exactly that of a forecast by its posterior (a product rate
