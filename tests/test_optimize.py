@@ -106,3 +106,20 @@ def test_optimize_end_to_end_writes_a_constrained_recipe(tmp_path):
     for c in s["constraints_new_recipe"].values():
         assert c["fraction_of_draws_violating"] <= 0.05
     assert s["provenance"]["posterior"] == str(post)
+
+
+def test_rounding_keeps_values_on_the_pump_grid_when_a_trust_region_bound_is_off_it():
+    """A phase clipped to a trust-region bound (here 20.18 and 27.3 L/h) is rounded onto the
+    0.5 L/h grid inside the bounds, and a budgeted total stays within half a step per phase."""
+    from types import SimpleNamespace
+
+    lower, upper = np.array([20.18, 20.18, 10.0]), np.array([27.3, 27.3, 40.0])
+    widths = np.array([10.0, 10.0, 10.0])
+    u = np.array([20.18, 27.3, 31.07])  # on both trust-region bounds, and free
+    block = SimpleNamespace(lower=lower, upper=upper, budget=SimpleNamespace(total=float(widths @ u)))
+    var = SimpleNamespace(name="oil_feed", resolution=0.5)
+    fake = SimpleNamespace(spec=SimpleNamespace(variables=[var]), blocks=[block], widths=widths)
+    r = RecipeOptimizer.round(fake, {"oil_feed": u})["oil_feed"]
+    np.testing.assert_allclose(r / 0.5, np.round(r / 0.5), atol=1e-9)
+    assert np.all(r >= lower) and np.all(r <= upper), r
+    assert abs(widths @ r - block.budget.total) <= 0.5 * 0.5 * widths.max() + 1e-9

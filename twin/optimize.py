@@ -215,6 +215,15 @@ class _Fixed:
     value_end: np.ndarray
 
 
+def _on_grid_bounds(lo: np.ndarray, hi: np.ndarray, res: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds moved inwards onto the resolution grid (a trust-region bound such as 20.18 L/h is
+    not a value a pump is set to); where no grid value lies within the bounds, the bounds stay."""
+    lo_g = np.ceil(lo / res - 1e-9) * res
+    hi_g = np.floor(hi / res + 1e-9) * res
+    inside = lo_g <= hi_g
+    return np.where(inside, lo_g, lo), np.where(inside, hi_g, hi)
+
+
 class RecipeOptimizer:
     """Builds the control problem for a scenario, a baseline recipe and posterior draws.
 
@@ -356,7 +365,7 @@ class RecipeOptimizer:
             u = np.asarray(controls[v.name], dtype=float)
             if v.resolution > 0:
                 res = v.resolution
-                lo, hi = np.asarray(b.lower), np.asarray(b.upper)
+                lo, hi = _on_grid_bounds(np.asarray(b.lower), np.asarray(b.upper), res)
                 r = np.clip(np.round(u / res) * res, lo, hi)
                 if b.budget is not None:
                     w = self.widths
