@@ -16,38 +16,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from .errors import TwinError
+from .forecast_cli import _console, _progress, _user_errors
 
 __all__ = ["OUTPUTS", "advise_command", "register"]
 
-_console = Console()
-_err = Console(stderr=True)
 OUTPUTS = ("recipe.csv", "advice.json", "advice.png")
-
-
-@contextlib.contextmanager
-def _user_errors():
-    try:
-        yield
-    except TwinError as e:
-        _err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=_err)
 
 
 @contextlib.contextmanager
