@@ -299,3 +299,68 @@ def test_cli_history_and_run(tmp_path):
     bad = runner.invoke(plant_app, ["run", "--recipe", str(tmp_path / "h" / "recipes" / "IPS-H1-01.csv"),
                                     "--seeds", "9-2"])
     assert bad.exit_code == 2 and "must go up" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-drawn future disturbances (ensembles of the plant's possible futures)
+
+
+@pytest.mark.parametrize("bad", [(20.1, 5), (-0.2, 5), (230.2, 5), (20.0, -1), (20.0, 2**32), (20.0, 1.5),
+                                 (20.0, True), (20.0,), "20,5", (float("nan"), 5)])
+def test_future_disturbances_refused(bad):
+    with pytest.raises(ParameterError, match=r"field 'future_disturbances': future_disturbances "
+                                             r"must be \(after_h, alt_seed\)"):
+        run_batch(default_recipe(), seed=7, duration_h=DURATION, future_disturbances=bad)
+
+
+def test_redrawn_disturbances_continue_each_filter():
+    """Each channel keeps its values before the cut and then follows pensimpy's AR(1) filter
+    d[i] = 0.995 d[i-1] + 0.005 s e[i] with the alternative seed's innovations (atol 1e-9 x the
+    channel's innovation scale); the plant's own seed as alt_seed reproduces the channels bit for bit."""
+    from twin.plants.indpensim import (
+        _DISTURBANCE_CHANNELS,
+        _pensimpy,
+        _redraw_disturbances,
+    )
+
+    def channels(alt=None):
+        env = _pensimpy().PenSimEnv(None, fast=False)
+        env.random_seed_ref = 7
+        env.reset()
+        if alt is not None:
+            _redraw_disturbances(env.xinterp, 285, alt)
+        return {c: np.asarray(getattr(env.xinterp, c).y) for c in _DISTURBANCE_CHANNELS}
+
+    plain, same, alt = channels(), channels(7), channels(5000)
+    e = np.random.RandomState(5000).randn(len(plain["distcs"]), 1)[:, 0]
+    for c, scale in _DISTURBANCE_CHANNELS.items():
+        np.testing.assert_array_equal(same[c], plain[c])
+        np.testing.assert_array_equal(alt[c][:285], plain[c][:285])
+        np.testing.assert_allclose(alt[c][285:] - 0.995 * alt[c][284:-1], 0.005 * scale * e[285:],
+                                   rtol=0, atol=1e-9 * scale)
+        assert not np.allclose(alt[c][285:], plain[c][285:])
+
+
+@pytest.mark.slow
+def test_future_disturbances_change_only_the_future(short_run):
+    """Before after_h the batch is bit-identical to the plain run (states up to and including
+    after_h; inputs before it); after it the trajectory differs."""
+    after = 20.0
+    alt = run_batch(default_recipe(), seed=7, duration_h=DURATION, future_disturbances=(after, 5000))
+    a, b = short_run.trajectory, alt.trajectory
+    before = a["time_h"] < after - 1e-9
+    pd.testing.assert_frame_equal(b[before], a[before], check_exact=True)
+    at = int(np.flatnonzero(np.isclose(a["time_h"], after))[0])
+    states = ["biomass", "substrate", "product", "volume", "weight", "dissolved_oxygen"]
+    np.testing.assert_array_equal(b.loc[at, states].to_numpy(float), a.loc[at, states].to_numpy(float))
+    assert b.loc[at, "sugar_feed_g_L"] != a.loc[at, "sugar_feed_g_L"]  # applied from after_h on
+    assert np.all(b["product"].iloc[at + 1:].to_numpy() != a["product"].iloc[at + 1:].to_numpy())
+    assert alt.totals["penicillin_total_kg"] != short_run.totals["penicillin_total_kg"]
+
+
+@pytest.mark.slow
+def test_future_disturbances_after_the_end_change_nothing(short_run):
+    alt = run_batch(default_recipe(), seed=7, duration_h=DURATION, future_disturbances=(DURATION, 5000))
+    pd.testing.assert_frame_equal(alt.trajectory, short_run.trajectory, check_exact=True)
+    pd.testing.assert_frame_equal(alt.measurements, short_run.measurements, check_exact=True)
+    assert alt.totals == short_run.totals

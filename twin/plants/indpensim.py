@@ -51,7 +51,12 @@ the ODE uses 21 %; weight is kg; temperature is K; the pH state is [H+] (mol/L).
 per-step yield counts discharged broth in L at the kg/h value, over-counting discharged
 penicillin by rho_b (about 13 %); this module computes penicillin totals itself. A failed LSODA
 step is silent in the package (NaN volume becomes 0); here it raises `SolverError`. The plant
-has no vessel-volume limit and no cost on base. The package integrates 381 of its 1150 steps
+has no vessel-volume limit and no cost on base. Its randomness is all drawn from the plant seed
+at reset (pensimpy's global `np.random` serves only its PRBS feed excitation, off here, and the
+Raman spectra, replaced): the static draws (initial state, mu_p, mu_x, kLa factor, PAA and
+nitrogen feed concentrations) and eight slow AR(1) disturbances (growth and production rates,
+feed concentrations, coolant and inlet O2), which `run_batch(future_disturbances=...)` can
+re-draw from a time on. The package integrates 381 of its 1150 steps
 over 0.205 h instead of 0.2 h (a floating-point `np.arange` end point), so a batch is 231.9 h of
 process time on its 230 h clock; the trajectory records each step's length (`step_h`) and every
 total here uses it. A default batch ends at about 21-22 g/L
@@ -332,6 +337,51 @@ def _check_options(seed, fault, duration_h) -> int:
     return int(round(steps))
 
 
+def _check_future(future_disturbances) -> tuple[int, int] | None:
+    """`(first step index, alt_seed)` from `(after_h, alt_seed)`, or `None`."""
+    if future_disturbances is None:
+        return None
+    rule = (f"future_disturbances must be (after_h, alt_seed): after_h a multiple of {STEP_H:g} h "
+            f"in [0, {BATCH_H:g}], alt_seed an integer in [0, 2**32)")
+    if not isinstance(future_disturbances, (tuple, list)) or len(future_disturbances) != 2:
+        raise ParameterError(rule, field="future_disturbances", value=future_disturbances)
+    after_h, alt_seed = future_disturbances
+    numeric = (int, float, np.integer, np.floating)
+    if (isinstance(after_h, bool) or not isinstance(after_h, numeric) or not 0 <= after_h <= BATCH_H
+            or abs(after_h / STEP_H - round(after_h / STEP_H)) > 1e-6):
+        raise ParameterError(rule, field="future_disturbances", value=future_disturbances)
+    if (isinstance(alt_seed, bool) or not isinstance(alt_seed, (int, np.integer))
+            or not 0 <= alt_seed < 2**32):
+        raise ParameterError(rule, field="future_disturbances", value=future_disturbances)
+    return int(round(after_h / STEP_H)), int(alt_seed)
+
+
+_DISTURBANCE_CHANNELS = {"distMuP": 0.03, "distMuX": 0.25, "distcs": 1500.0, "distcoil": 300.0,
+                         "distabc": 0.2, "distPAA": 300000.0, "distTcin": 100.0, "distO_2in": 0.02}
+"""pensimpy's slow disturbance channels (`Xinterp`) and the scale of their innovations."""
+_DIST_B, _DIST_A = [0.005], [1.0, -0.995]  # pensimpy's AR(1) filter of every channel
+
+
+def _redraw_disturbances(xinterp, first: int, alt_seed: int) -> None:
+    """Replace each disturbance channel's values from index `first` on (step `first + 1`, the step
+    from `first * 0.2` h) by the AR(1) filter continued from the value at `first - 1`, driven by
+    `RandomState(alt_seed).randn` (pensimpy's draw: one (N+1, 1) series shared by all channels)."""
+    from scipy.signal import lfilter
+
+    n_values = len(xinterp.distMuP.y)
+    if first >= n_values:
+        return
+    e = np.random.RandomState(alt_seed).randn(n_values, 1)[first:, 0]
+    for name, scale in _DISTURBANCE_CHANNELS.items():
+        ch = getattr(xinterp, name)
+        if len(ch.y) != n_values:  # pragma: no cover - pensimpy 1.2.5 has one length
+            raise TwinError("pensimpy's disturbance channels differ in length; this pensimpy "
+                            "version is not supported", field=name, value=len(ch.y))
+        zi = [-_DIST_A[1] * ch.y[first - 1]] if first > 0 else [0.0]
+        tail, _ = lfilter(_DIST_B, _DIST_A, scale * e, zi=zi)
+        ch.y = list(ch.y[:first]) + tail.tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # pensimpy
 
@@ -430,7 +480,8 @@ def _schedule(recipe: Recipe, n: int) -> dict[str, np.ndarray]:
 
 
 def run_batch(recipe: Recipe, seed: int, *, fault: int = 0, duration_h: float = BATCH_H,
-              batch: str | None = None, keep_raw: bool = False) -> PlantRun:
+              batch: str | None = None, keep_raw: bool = False,
+              future_disturbances: tuple[float, int] | None = None) -> PlantRun:
     """Run one IndPenSim batch of `recipe` on plant seed `seed`.
 
     Args:
@@ -441,13 +492,26 @@ def run_batch(recipe: Recipe, seed: int, *, fault: int = 0, duration_h: float = 
         duration_h: stop early (multiple of 0.2 h), for example 30 h in tests.
         batch: the batch id (default `"IPS-<seed>"`).
         keep_raw: keep pensimpy's batch data object in `PlantRun.raw` (about 20 MB).
+        future_disturbances: `(after_h, alt_seed)` re-draws the plant's slow disturbances from
+            `after_h` on (h, a multiple of 0.2 in [0, 230]; alt_seed an integer in [0, 2**32)),
+            keeping everything else of plant seed `seed` (initial state, kinetic parameters, PAA
+            and nitrogen feed concentrations, kLa factor). The plant's eight disturbance
+            channels (specific growth and production rates, sugar, oil, acid/base, PAA feed
+            concentrations, coolant inlet temperature, inlet O2) are each
+            d[i] = 0.995 d[i-1] + 0.005 s_c e[i] with its own scale s_c and one shared series e
+            from `RandomState(seed).randn`; here e[i] for the steps from `after_h` on comes from
+            `RandomState(alt_seed).randn` instead (the same index i, so a given alt_seed gives
+            the same innovations whatever `after_h`), and each channel continues its filter
+            from its value before `after_h`. Steps before `after_h` are bit-identical to the
+            plain run, and so is the whole run when `after_h >= duration_h`. `None` (default):
+            the plant's own disturbances. For ensembles of the plant's possible futures.
 
     Returns:
         A `PlantRun`: trajectory, noisy measurements, noise-free truth and totals.
 
     Raises:
         RecipeError: a recipe the plant cannot run (see `check_recipe`).
-        ParameterError: bad seed, fault or duration.
+        ParameterError: bad seed, fault, duration or future_disturbances.
         SolverError: the plant's ODE solver failed (NaN or vanished volume), naming seed and step.
 
     Example:
@@ -455,6 +519,7 @@ def run_batch(recipe: Recipe, seed: int, *, fault: int = 0, duration_h: float = 
         >>> run.totals["penicillin_total_kg"]                              # doctest: +SKIP
     """
     n = _check_options(seed, fault, duration_h)
+    future = _check_future(future_disturbances)
     check_recipe(recipe, duration_h=duration_h)
     batch = f"IPS-{seed}" if batch is None else str(batch)
     sched = _schedule(recipe, n)
@@ -466,6 +531,8 @@ def run_batch(recipe: Recipe, seed: int, *, fault: int = 0, duration_h: float = 
     env.ctrl_flags.Faults = int(fault)
     env.random_seed_ref = int(seed)
     _, x = env.reset()
+    if future is not None:
+        _redraw_disturbances(env.xinterp, *future)
     x0 = env.x0
 
     states = np.full((n + 1, len(_STATE_COLUMNS)), np.nan)
