@@ -172,7 +172,8 @@ def calibrated_posterior(path: Path | None, cache: Path, log=print, *, strain_fi
 
 
 def crossfit_posteriors(post_path: Path, ident: dict, history, folds: int, cache: Path,
-                        log=print, *, svi_steps: int | None = None) -> dict:
+                        log=print, *, svi_steps: int | None = None,
+                        strain_file: Path = STRAIN) -> dict:
     """Posteriors for leave-batches-out structural errors (`twin.forecast.leave_out_posteriors`:
     k folds, each forecast by a posterior calibrated on the others, on the main posterior's grid
     `dt`), kept beside the main posterior's key (`cache/posterior/<key>/fold<i>of<k>`; a given
@@ -192,7 +193,7 @@ def crossfit_posteriors(post_path: Path, ident: dict, history, folds: int, cache
     else:
         tag = "given-" + hashlib.sha256(f"{post_path.resolve()}|{ident.get('created')}".encode()
                                         ).hexdigest()[:12]
-    spec = load_strain(STRAIN)
+    spec = load_strain(strain_file)
     if ident.get("dt") not in (None, "None"):  # the folds on the main posterior's grid
         spec = dataclasses.replace(spec, inference={**spec.inference, "dt": float(ident["dt"])})
     try:
@@ -251,6 +252,8 @@ def main(argv=None) -> dict:
     p.add_argument("--n-draws", type=int, default=200, help="posterior draws per forecast")
     p.add_argument("--online-our", action="store_true", help="also condition each forecast on the "
                    "recorded oxygen uptake rate (twin.forecast.OnlineSignal, cv 0.15, every 6 h)")
+    p.add_argument("--strain", type=Path, default=STRAIN, help="strain file to calibrate when no "
+                   "--posterior is given (default: the shipped IndPenSim strain); part of the cache key")
     p.add_argument("--svi-steps", type=int, default=None, help="SVI steps of the calibrations "
                    "(default: the strain file's); part of the cache key")
     p.add_argument("--error-folds", type=int, default=4, help="structural error measured "
@@ -281,7 +284,8 @@ def main(argv=None) -> dict:
     from twin.forecast_plots import plot_forecast
     from twin.recipe import read_recipe_csv
 
-    post_path, post_ident = calibrated_posterior(args.posterior, args.cache, svi_steps=args.svi_steps)
+    post_path, post_ident = calibrated_posterior(args.posterior, args.cache, svi_steps=args.svi_steps,
+                                                  strain_file=args.strain)
     print(f"posterior: {post_path} (" + ", ".join(f"{k} {v}" for k, v in post_ident.items()) + ")")
     post = load_strain_posterior(post_path)
     spec = post.spec
@@ -300,7 +304,7 @@ def main(argv=None) -> dict:
     fractions = tuple(h / t_end for h in horizons)
     t = time.perf_counter()
     folds = crossfit_posteriors(post_path, post_ident, history, args.error_folds, args.cache,
-                                svi_steps=args.svi_steps)
+                                svi_steps=args.svi_steps, strain_file=args.strain)
     errors = measure_errors(post, history, plans, fractions=fractions, posteriors=folds, **opts)
     t_errors = time.perf_counter() - t
     worst = float(np.max(np.abs(errors.bias["total_product"])))

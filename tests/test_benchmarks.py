@@ -47,8 +47,15 @@ def test_forecast_benchmark_with_tiny_arguments(capsys, tmp_path):
     key of what it depends on (a second run reuses it, an edited strain file changes the key)."""
     pytest.importorskip("pensimpy")
     bench = _load("forecast")
+    # the shipped strain with one mode search instead of four (a smoke run, not a fit to trust)
+    strain = tmp_path / "one_start.toml"
+    strain.write_text(bench.STRAIN.read_text()
+                      .replace('scenario = "../../scenarios/', f'scenario = "{bench.ROOT}/scenarios/')
+                      .replace("laplace_starts = 4", "laplace_starts = 1"))
+    assert "laplace_starts = 1" in strain.read_text()
     args = ["--n-batches", "1", "--horizons", "115", "--faults", "", "--n-draws", "8",
-            "--svi-steps", "30", "--error-folds", "0", "--cache", str(tmp_path)]
+            "--svi-steps", "30", "--error-folds", "0", "--cache", str(tmp_path),
+            "--strain", str(strain)]
     figures = bench.main(args)
     out = capsys.readouterr().out
     assert "calibrating the strain (SVI)" in out
@@ -60,13 +67,14 @@ def test_forecast_benchmark_with_tiny_arguments(capsys, tmp_path):
     assert figures["posterior"] == str(tmp_path / "posterior" / key / "posterior.nc")
     assert 0.0 <= figures["mape_50pct"] < 50.0 and figures["n_heldout"] == 1
     said = []
-    again, ident = bench.calibrated_posterior(None, tmp_path, log=said.append, svi_steps=30)
+    again, ident = bench.calibrated_posterior(None, tmp_path, log=said.append, svi_steps=30,
+                                              strain_file=strain)
     assert again == tmp_path / "posterior" / key / "posterior.nc" and ident["key"] == key
     assert said == []  # reused, not recalibrated
-    strain = tmp_path / "strain.toml"
-    strain.write_text(bench.STRAIN.read_text().replace('scenario = "../../scenarios/',
-                                                       f'scenario = "{bench.ROOT}/scenarios/'))
-    edited, shipped = bench.posterior_key(strain, svi_steps=30), bench.posterior_key(svi_steps=30)
-    assert shipped["key"] == key and edited["key"] != key
-    assert edited["model_structure"] == shipped["model_structure"]
-    assert bench.posterior_key()["key"] != key  # the SVI steps are part of the key
+    edited = tmp_path / "edited.toml"
+    edited.write_text(strain.read_text().replace("laplace_starts = 1", "laplace_starts = 2"))
+    edited, used = bench.posterior_key(edited, svi_steps=30), bench.posterior_key(strain, svi_steps=30)
+    assert used["key"] == key and edited["key"] != key
+    assert edited["model_structure"] == used["model_structure"]
+    assert bench.posterior_key(strain)["key"] != key  # the SVI steps are part of the key
+    assert bench.posterior_key(svi_steps=30)["key"] != key  # so is the strain file
