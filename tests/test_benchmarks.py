@@ -78,3 +78,20 @@ def test_forecast_benchmark_with_tiny_arguments(capsys, tmp_path):
     assert edited["model_structure"] == used["model_structure"]
     assert bench.posterior_key(strain)["key"] != key  # the SVI steps are part of the key
     assert bench.posterior_key(svi_steps=30)["key"] != key  # so is the strain file
+
+
+def test_forecast_floor_benchmark_with_tiny_arguments(capsys, tmp_path):
+    """One seed, one re-drawn future from 6 h of a 12 h batch, in this process: headline figures
+    printed as `name: value`, the re-draw departs from the truth, CSV and figure written."""
+    pytest.importorskip("pensimpy")
+    bench = _load("forecast_floor")
+    figures = bench.main(["--seeds", "100", "--horizons", "6", "--redraws", "1", "--duration-h",
+                          "12", "--workers", "1", "--no-history", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    for name in ("floor_mape_6h_pct", "future_sd_6h_pct", "in_range_6h", "hist_mean_mape_pct"):
+        assert f"\n{name}: " in out, name
+    assert 0.0 < figures["floor_mape_6h_pct"] < 5.0
+    assert (tmp_path / "forecast_floor.csv").is_file()
+    assert (tmp_path / "forecast_floor.png").stat().st_size > 1000
+    alt = [bench.alt_seed(100, 6.0, j) for j in (0, 1)]
+    assert min(alt) >= 2**31 and alt[0] != alt[1]
