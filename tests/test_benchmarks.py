@@ -95,3 +95,17 @@ def test_forecast_floor_benchmark_with_tiny_arguments(capsys, tmp_path):
     assert (tmp_path / "forecast_floor.png").stat().st_size > 1000
     alt = [bench.alt_seed(100, 6.0, j) for j in (0, 1)]
     assert min(alt) >= 2**31 and alt[0] != alt[1]
+
+
+def test_smoothness_benchmark_with_tiny_arguments(capsys):
+    """The smoothness sweep: headline lines printed; the adaptive reference is smooth along the
+    sweep (no slope sign changes), and every figure is finite."""
+    import math
+
+    figures = _load("smoothness").main(["--n", "5", "--dts", "0.2", "--times", "24,230",
+                                        "--span", "0.05"])
+    out = capsys.readouterr().out
+    for name in ("sign_changes_reference", "sign_changes_dt0.2", "rough_max_dt0.2", "err_max_pct_dt0.2"):
+        assert f"\n{name}: " in out, name
+        assert math.isfinite(figures[name])
+    assert figures["sign_changes_reference"] == 0
