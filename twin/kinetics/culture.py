@@ -38,7 +38,7 @@ class PirtCarbon(AbstractCarbonBalance):
         mu_s = k.growth(broth) * activity * tox
         mu_oil = 0.0 if k.oil is None else k.oil.growth(broth.oil) * activity * tox
         mu = mu_s + mu_oil
-        rep = k.production.repression(mu / k.sugar.Y_XS)  # growth-law carbon uptake, sugar-eq
+        rep = k.production.carbon_factor(mu / k.sugar.Y_XS)  # growth-law carbon uptake, sugar-eq
         q_p = k.production(broth, mu) * activity * lim * rep
         q_s = k.sugar(mu_s, q_p, broth.substrate)
         q_oil = 0.0 if k.oil is None else k.oil.uptake(mu_oil)
@@ -51,9 +51,10 @@ class UptakeLimitedCarbon(AbstractCarbonBalance):
 
     $$q_S = \frac{\mu_S(S, X)}{Y_{XS}} f, \qquad q_{oil} = \frac{\mu_{oil}(O)}{Y_{X,oil}} f, \qquad
       \mu = Y_{XS}\left(q_S + \frac{Y_{X,oil}}{Y_{XS}} q_{oil} - m_S f_O - \frac{q_P}{Y_{PS}}\right)$$
-    with $q_P = [\alpha\,\max(\mu, 0) + \beta(S) f\,f_{prec}]\, r(q_C)$, where
-    $q_C = q_S + (Y_{X,oil}/Y_{XS})\, q_{oil}$ is the carbon taken up (sugar equivalents) and $r$ the
-    production law's carbon-flux repression (`LuedekingPiret.repression`). Oil is worth $Y_{X,oil}/Y_{XS}$ g
+    with $q_P = [\alpha\,\max(\mu, 0) + \beta(S) f\,f_{prec}]\, r(q_C)\, s(q_C)$, where
+    $q_C = q_S + (Y_{X,oil}/Y_{XS})\, q_{oil}$ is the carbon taken up (sugar equivalents) and $r\,s$ the
+    production law's carbon-flux window (`LuedekingPiret.carbon_factor`: repression at high, starvation
+    at low uptake). Oil is worth $Y_{X,oil}/Y_{XS}$ g
     of sugar per g, so it can carry maintenance and production as well as growth. Maintenance is
     aerobic (scaled by the oxygen factor), which keeps the quasi-steady oxygen balance exact.
     """
@@ -62,7 +63,7 @@ class UptakeLimitedCarbon(AbstractCarbonBalance):
         q_s = k.growth(broth) / k.sugar.Y_XS * activity * tox
         q_oil = 0.0 if k.oil is None else k.oil.growth(broth.oil) / k.oil.Y_X_oil * activity * tox
         carbon = q_s + (0.0 if k.oil is None else k.oil.Y_X_oil / k.sugar.Y_XS * q_oil)
-        rep = k.production.repression(carbon)
+        rep = k.production.carbon_factor(carbon)
         beta = k.production(broth, 0.0) * activity * lim * rep
         alpha = k.production.alpha * activity * lim * rep
         Y, Yp = k.sugar.Y_XS, k.sugar.Y_PS
@@ -77,7 +78,7 @@ class CultureKinetics(AbstractKinetics):
     r"""Rates as products of factors, each with its own parameters.
 
     $$\mu = [\mu_S(S, X) + \mu_{oil}(O)]\, f_T(T)\, f_{pH}(pH)\, f_O(DO)\, g_{tox}(C_{prec})$$
-    $$q_P = q_P^{*}(S, \mu)\, f_T\, f_{pH}\, f_O\, f_{prec}(C_{prec})\, r(q_C)$$
+    $$q_P = q_P^{*}(S, \mu)\, f_T\, f_{pH}\, f_O\, f_{prec}(C_{prec})\, r(q_C)\, s(q_C)$$
     $$q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S S/(K_m + S)$$
     $$q_{O_2} = \mu / Y_{XO} + q_P / Y_{PO} + m_O f_O$$
     where $f = f_T f_{pH} f_O g_{tox}$. Hydrolysis is first order in product.

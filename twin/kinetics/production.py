@@ -13,10 +13,11 @@ __all__ = ["LuedekingPiret", "ProductHydrolysis"]
 
 
 class LuedekingPiret(AbstractProduction):
-    r"""Luedeking-Piret production with sugar-regulated non-growth term and carbon-flux repression.
+    r"""Luedeking-Piret production with sugar-regulated non-growth term and a window in carbon flux.
 
-    $$q_P = \left[\alpha \mu + \beta_{max} \frac{S}{K_P + S + S^2/K_{IP}}\right] r(q_C), \qquad
-      r(q_C) = \frac{1}{1 + (q_C / K_{qC})^{n_{qC}}}$$
+    $$q_P = \left[\alpha \mu + \beta_{max} \frac{S}{K_P + S + S^2/K_{IP}}\right] r(q_C)\, s(q_C), \qquad
+      r(q_C) = \frac{1}{1 + (q_C / K_{qC})^{n_{qC}}}, \qquad
+      s(q_C) = \frac{q_C^{n_{low}}}{K_{low}^{n_{low}} + q_C^{n_{low}}}$$
 
     The non-growth term falls at high sugar (catabolite repression of secondary metabolism,
     as in the penicillin model of Bajpai & Reuss 1980) and at zero sugar. The factor $r$ represses
@@ -29,6 +30,14 @@ class LuedekingPiret(AbstractProduction):
     precision (0.05 g/L) that window is only visible through $q_C$. $r(0) = 1$, $r(K_{qC}) = 1/2$,
     $r$ falls monotonically and is smooth ($C^\infty$ for $q_C > 0$). The default
     $K_{qC} = 10^3$ g/g/h switches the repression off.
+
+    The factor $s$ is the low side of the same window: carbon-starved cells make less product.
+    In IndPenSim the Gaussian window falls below its 2 mg/L peak too (0.8 at 1 mg/L, 0.53 at
+    0.3 mg/L), and in the starved, sugar-limited phase residual sugar follows the carbon fed per
+    biomass, so production falls with $q_C$ there. $s(0) = 0$, $s(K_{low}) = 1/2$, $s \to 1$ for
+    $q_C \gg K_{low}$; it rises monotonically and is smooth for $q_C > 0$. The default
+    $K_{low} = 0$ switches it off exactly ($s \equiv 1$, also in gradients).
+    `carbon_factor` is $r\,s$, the factor the carbon balance applies (`twin.kinetics.culture`).
 
     Reference: Luedeking & Piret (1959) J Biochem Microbiol Technol Eng 1:393; Bajpai & Reuss (1980);
     Goldrick et al. (2015) J Biotechnol 193:70 (IndPenSim); Douma et al. (2010) Biotechnol Bioeng
@@ -48,9 +57,14 @@ class LuedekingPiret(AbstractProduction):
                                            "production (carbon-flux repression)")
     n_qC: Float[Array, ""] = parameter(unit="-", lower=1.0, upper=30.0, default=4.0,
                                        doc="steepness (Hill exponent) of carbon-flux repression")
+    K_low: Float[Array, ""] = parameter(unit="g/g/h", lower=0.0, upper=1e3, default=0.0,
+                                        doc="specific carbon uptake (sugar equivalents) halving "
+                                            "production by carbon starvation (0: off)")
+    n_low: Float[Array, ""] = parameter(unit="-", lower=0.5, upper=30.0, default=2.0,
+                                        doc="steepness (Hill exponent) of the carbon-starvation factor")
 
     def __call__(self, broth: Broth, growth: Float[Array, ""]) -> Float[Array, ""]:
-        """q_P before carbon-flux repression (multiply by `repression`), g/g/h."""
+        """q_P before the carbon-flux window (multiply by `carbon_factor`), g/g/h."""
         s = broth.substrate
         return self.alpha * growth + self.beta_max * s / (self.K_P + s + s * s / self.K_IP)
 
@@ -58,6 +72,22 @@ class LuedekingPiret(AbstractProduction):
         """Factor r(q_C) in (0, 1] on production; `carbon_uptake` q_C >= 0 in g sugar-eq/g/h."""
         q = jnp.maximum(carbon_uptake, 0.0) + 1e-30  # q_C >= 0 by construction; guards the log
         return jax.nn.sigmoid(-self.n_qC * (jnp.log(q) - jnp.log(self.K_qC)))
+
+    def starvation(self, carbon_uptake: Float[Array, ""]) -> Float[Array, ""]:
+        """Factor s(q_C) in [0, 1] on production; exactly 1 when `K_low` is 0 (off).
+
+        `carbon_uptake` q_C >= 0 in g sugar-eq/g/h. Written as a logistic in log q_C, which is
+        the Hill form q_C^n / (K_low^n + q_C^n) without overflow; the off branch is selected
+        with a double `where`, so gradients with respect to `K_low` stay finite (zero) at 0.
+        """
+        on = self.K_low > 0.0
+        K = jnp.where(on, self.K_low, 1.0)
+        q = jnp.maximum(carbon_uptake, 0.0) + 1e-30
+        return jnp.where(on, jax.nn.sigmoid(self.n_low * (jnp.log(q) - jnp.log(K))), 1.0)
+
+    def carbon_factor(self, carbon_uptake: Float[Array, ""]) -> Float[Array, ""]:
+        """r(q_C) s(q_C): the carbon-flux window on production (repression times starvation)."""
+        return self.repression(carbon_uptake) * self.starvation(carbon_uptake)
 
 
 class ProductHydrolysis(eqx.Module):
