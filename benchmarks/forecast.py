@@ -307,14 +307,17 @@ def main(argv=None) -> dict:
                                 svi_steps=args.svi_steps, strain_file=args.strain)
     errors = measure_errors(post, history, plans, fractions=fractions, posteriors=folds, **opts)
     t_errors = time.perf_counter() - t
-    worst = float(np.max(np.abs(errors.bias["total_product"])))
+    worst = float(np.max(np.abs(np.nanmean(errors.errors["total_product"], axis=1))))  # twin alone
     if worst > 0.2:
         raise SystemExit(f"the posterior {post_path} does not forecast its own history (bias of the "
                          f"total product up to {100 * worst:.0f} %): it is not a usable fit; "
                          "recalibrate (twin calibrate ... --method svi) and pass it with --posterior")
     print(f"structural error on {errors.source} ({t_errors:.0f} s): "
-          + "; ".join(f"{h:g} h bias {100 * b:+.1f} % sd {100 * s:.1f} %" for h, b, s in
-                      zip(horizons, errors.bias["total_product"], errors.sd_structural["total_product"])))
+          + "; ".join(f"{h:g} h bias {100 * b:+.1f} % sd {100 * s:.1f} % twin weight {w:.2f}"
+                      for h, b, s, w in zip(horizons, errors.bias["total_product"],
+                                            errors.sd_structural["total_product"],
+                                            errors.weight["total_product"] if errors.weight
+                                            else np.ones(len(horizons)))))
 
     # baselines from the same history (observed ends, as a plant would know them)
     hist_total = np.asarray([observed_totals(r)["total_product"] for r in history]) / 1000.0
@@ -433,6 +436,7 @@ def main(argv=None) -> dict:
         pct = round(100 * h / t_end)
         figures[f"structural_bias_{pct}pct"] = 100 * float(b)
         figures[f"structural_sd_{pct}pct"] = 100 * float(sd)
+        figures[f"twin_weight_{pct}pct"] = errors.combination(h / t_end, "total_product")[0]
     figures["twin_beats_both_baselines_every_horizon"] = float(beats)
     p25 = round(100 * horizons[0] / t_end)
     figures[f"target_mape_{p25}pct_met"] = float(figures[f"mape_{p25}pct"] <= 5.0)

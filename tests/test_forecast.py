@@ -495,3 +495,54 @@ def test_plant_sugar_feed_fault_moves_the_forecast():
         out[fault] = forecast(prior, rec, plan, at=108.0, **OPTS).total_product_kg
     assert out[3]["median"] < 0.97 * out[0]["median"], out
     assert out[3]["q05"] < out[0]["q05"] and out[3]["q95"] < out[0]["q95"], out
+
+
+def test_combination_weight_follows_the_twins_skill():
+    """`_combine`: a twin whose forecasts are the truth plus noise as large as the batches' own
+    spread gets little weight (< 0.3) against the history's mean; a twin with small errors gets
+    nearly all of it (> 0.9); the combination's leave-one-out error is never above the better of
+    the two alone (at the weight it chose)."""
+    from twin.forecast import _combine
+
+    rng = np.random.default_rng(0)
+    n = 40
+    log_end = np.log(3300.0e3) + 0.1 * rng.standard_normal(n)
+    loo = (log_end.sum() - log_end) / (n - 1)
+    noisy = 0.12 * rng.standard_normal(n)  # forecast = truth + noise: error = -noise
+    sharp = 0.01 * rng.standard_normal(n)
+    err = np.stack([-noisy, -sharp])
+    w, bias, sd = _combine(err, np.zeros_like(err), log_end)
+    assert w[0] < 0.3 and w[1] > 0.9, w
+    e_hist = log_end - loo
+    for i in range(2):
+        e_c = w[i] * err[i] + (1 - w[i]) * e_hist
+        assert np.mean(e_c**2) <= min(np.mean(err[i] ** 2), np.mean(e_hist**2)) + 1e-15
+        assert bias[i] == pytest.approx(np.mean(e_c)) and sd[i] == pytest.approx(np.std(e_c, ddof=1))
+
+
+def test_forecast_applies_the_combination_weight(post):
+    """With weight 0 (no skill) and no bias or spread, every particle's end is the history's
+    reference exactly; with weight 1 the forecast is the twin's, as without a combination."""
+    from twin.forecast import ForecastErrors
+
+    rec, plan, end = make_batch(post, 4)
+    ref_total, ref_titer = np.log(2.5e6), np.log(7.0)
+    zero = {"total_product": np.zeros(1), "final_titer": np.zeros(1)}
+
+    def errors(w):
+        return ForecastErrors((0.5,), zero, zero, 10, {"total_product": np.zeros((1, 10))},
+                              weight={"total_product": np.full(1, w), "final_titer": np.full(1, w)},
+                              reference={"total_product": ref_total, "final_titer": ref_titer})
+
+    at = 0.5 * float(post.spec.scenario.duration_h)
+    alone = forecast(post, rec, plan, at=at, **OPTS)
+    none = forecast(post, rec, plan, at=at, errors=errors(0.0), **OPTS)
+    full = forecast(post, rec, plan, at=at, errors=errors(1.0), **OPTS)
+    assert none.total_product_kg["q05"] == pytest.approx(2500.0, rel=1e-9)
+    assert none.total_product_kg["q95"] == pytest.approx(2500.0, rel=1e-9)
+    assert none.final_titer_g_L["median"] == pytest.approx(7.0, rel=1e-9)
+    assert none.to_dict()["structural_error"]["total_product"]["twin_weight"] == 0.0
+    assert any("twin's weight at this time is 0.00" in n for n in none.notes)
+    assert full.total_product_kg["median"] == pytest.approx(alone.total_product_kg["median"], rel=1e-12)
+    rt = ForecastErrors.from_dict(json.loads(json.dumps(errors(0.3).to_dict())))
+    assert rt.combination(0.5, "total_product") == (pytest.approx(0.3), pytest.approx(ref_total))

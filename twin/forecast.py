@@ -975,12 +975,27 @@ class ForecastErrors:
     interval of a normal sample of size $n$ with unknown mean and variance), for fractions in
     between interpolated linearly (outside: the nearest).
 
+    Combination with the history (`weight`, `reference`): early in a batch the data may say
+    little about its end, and the twin's forecast can then be worse than the strain's historical
+    mean (its errors carry model noise but no skill). The forecast is therefore the weighted
+    combination (Bates & Granger 1969) $\log\hat q = w \log\hat q_\text{twin} + (1 - w)\,r$ of
+    the twin's forecast and the history's mean end $r$ (mean log end of the batches measured),
+    with $w \in [0, 1]$ at each fraction the weight that minimises the squared leave-one-out error
+    of the combination over the batches measured (each batch's history reference is the mean of
+    the others'). Bias and structural SD above are then those of the combination's errors
+    $w e_\text{twin} + (1 - w) e_\text{hist}$, with the model's own variance scaled by $w^2$.
+    $w = 1$ is the twin alone; `weight` `None` (errors saved before the combination): the twin
+    alone.
+
     Attributes:
         fractions: (k,) forecast times as fractions of the batch.
         bias, sd_structural: `{"total_product": (k,), "final_titer": (k,)}` on the log scale.
         n: number of batches measured.
-        errors: `{quantity: (k, n)}` the individual log errors (for reports).
+        errors: `{quantity: (k, n)}` the individual log errors of the twin alone (for reports).
         source: what they were measured on.
+        weight: `{quantity: (k,)}` the twin's weight $w$, or `None`.
+        reference: `{quantity: float}` the history's mean log end $r$ (total product in g,
+            final titer in g/L), or `None`.
     """
 
     fractions: tuple[float, ...]
@@ -989,6 +1004,8 @@ class ForecastErrors:
     n: int
     errors: dict
     source: str = ""
+    weight: dict | None = None
+    reference: dict | None = None
 
     def at(self, fraction: float, quantity: str) -> tuple[float, float]:
         """(bias, structural SD) of `quantity` at `fraction` of the batch."""
@@ -996,24 +1013,60 @@ class ForecastErrors:
         return (float(np.interp(fraction, f, np.asarray(self.bias[quantity]))),
                 float(np.interp(fraction, f, np.asarray(self.sd_structural[quantity]))))
 
+    def combination(self, fraction: float, quantity: str) -> tuple[float, float | None]:
+        """(the twin's weight w, the history's mean log end r) at `fraction`; (1, None) without
+        a combination."""
+        if not self.weight or quantity not in self.weight or not self.reference:
+            return 1.0, None
+        w = float(np.interp(fraction, np.asarray(self.fractions), np.asarray(self.weight[quantity])))
+        return w, float(self.reference[quantity])
+
     def to_dict(self) -> dict:
-        return {"fractions": list(self.fractions), "n": self.n, "source": self.source,
-                "bias": {k: list(map(float, v)) for k, v in self.bias.items()},
-                "sd_structural": {k: list(map(float, v)) for k, v in self.sd_structural.items()},
-                "errors": {k: np.asarray(v).tolist() for k, v in self.errors.items()}}
+        d = {"fractions": list(self.fractions), "n": self.n, "source": self.source,
+             "bias": {k: list(map(float, v)) for k, v in self.bias.items()},
+             "sd_structural": {k: list(map(float, v)) for k, v in self.sd_structural.items()},
+             "errors": {k: np.asarray(v).tolist() for k, v in self.errors.items()}}
+        if self.weight is not None:
+            d["weight"] = {k: list(map(float, v)) for k, v in self.weight.items()}
+            d["reference"] = {k: float(v) for k, v in self.reference.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ForecastErrors:
+        weight = d.get("weight")
         return cls(tuple(d["fractions"]), {k: np.asarray(v) for k, v in d["bias"].items()},
                    {k: np.asarray(v) for k, v in d["sd_structural"].items()}, int(d["n"]),
-                   {k: np.asarray(v) for k, v in d["errors"].items()}, d.get("source", ""))
+                   {k: np.asarray(v) for k, v in d["errors"].items()}, d.get("source", ""),
+                   None if weight is None else {k: np.asarray(v) for k, v in weight.items()},
+                   None if weight is None else {k: float(v) for k, v in d["reference"].items()})
+
+
+def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray):
+    """The twin's weight against the history's mean end, and the combination's bias and
+    structural SD (`ForecastErrors`), at each fraction. `err`, `var`: (k, n) the twin's log errors
+    and predictive log-variances; `log_end`: (n,) the batches' observed log ends."""
+    n = log_end.shape[0]
+    loo = (log_end.sum() - log_end) / (n - 1)  # each batch's history reference: the others' mean
+    e_hist = log_end - loo
+    w = np.ones(err.shape[0])
+    bias, sd = np.empty(err.shape[0]), np.empty(err.shape[0])
+    for i in range(err.shape[0]):
+        ok = np.isfinite(err[i])
+        d = e_hist[ok] - err[i, ok]
+        den = float(np.sum(d * d))
+        if den > 0.0:
+            w[i] = float(np.clip(np.sum(e_hist[ok] * d) / den, 0.0, 1.0))
+        e_c = w[i] * err[i, ok] + (1.0 - w[i]) * e_hist[ok]
+        bias[i] = np.mean(e_c)
+        sd[i] = np.sqrt(max(np.var(e_c, ddof=1) - w[i] ** 2 * np.nanmean(var[i]), 0.0))
+    return w, bias, sd
 
 
 def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Recipe], *,
                    fractions=(0.25, 0.5, 0.75), truths: Mapping[str, dict] | None = None,
                    key=None, progress=None,
                    posteriors: Mapping[str, StrainPosterior] | None = None,
-                   **options) -> ForecastErrors:
+                   combine: bool = True, **options) -> ForecastErrors:
     """Forecast every batch of `history` at each fraction of the batch from its own data and
     compare with its observed end (`observed_totals`, or `truths[batch]` with keys
     `final_titer` g/L and `total_product` g); see `ForecastErrors`.
@@ -1031,6 +1084,8 @@ def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Reci
         progress: called as `progress(done, total)`.
         posteriors: `{batch: StrainPosterior}` to forecast that batch with (calibrated without
             it); batches it does not name use `posterior`.
+        combine: weigh the twin against the history's mean end (`ForecastErrors`; needs at
+            least 3 batches); `False`: the twin alone.
 
     Raises:
         ForecastError: a posterior in `posteriors` of another strain than `posterior`'s.
@@ -1041,6 +1096,7 @@ def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Reci
     quantities = ("total_product", "final_titer")
     err = {q: np.full((len(fractions), len(recs)), np.nan) for q in quantities}
     var = {q: np.full((len(fractions), len(recs)), np.nan) for q in quantities}
+    log_end = {q: np.full(len(recs), np.nan) for q in quantities}
     posteriors = dict(posteriors or {})
     for b, p in posteriors.items():
         if p.strain != posterior.strain:
@@ -1051,6 +1107,8 @@ def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Reci
     for j, rec in enumerate(recs):
         truth = dict(truths[rec.batch]) if truths and rec.batch in truths else observed_totals(rec)
         post_j = posteriors.get(rec.batch, posterior)
+        for q in quantities:
+            log_end[q][j] = math.log(truth[q])
         for i, f in enumerate(fractions):
             key, sub = jax.random.split(key)
             fc = forecast(post_j, rec, plans[rec.batch], at=f * t_end, key=sub, errors=None,
@@ -1063,13 +1121,20 @@ def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Reci
             if progress is not None:
                 progress(done, len(recs) * len(fractions))
     n = len(recs)
+    how = ("in-sample" if held_out == 0 else "each forecast by a posterior calibrated without "
+           "it" if held_out == n else f"{held_out} of them by posteriors calibrated without them")
+    source = f"{n} batches of strain {posterior.strain} ({how})"
+    if combine and n >= 3:
+        weight, bias, sd, reference = {}, {}, {}, {}
+        for q in quantities:
+            weight[q], bias[q], sd[q] = _combine(err[q], var[q], log_end[q])
+            reference[q] = float(np.mean(log_end[q]))
+        return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err, source=source,
+                              weight=weight, reference=reference)
     bias = {q: np.nanmean(err[q], axis=1) for q in quantities}
     sd = {q: np.sqrt(np.maximum(np.nanvar(err[q], axis=1, ddof=1) - np.nanmean(var[q], axis=1), 0.0))
           for q in quantities}
-    how = ("in-sample" if held_out == 0 else "each forecast by a posterior calibrated without "
-           "it" if held_out == n else f"{held_out} of them by posteriors calibrated without them")
-    return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err,
-                          source=f"{n} batches of strain {posterior.strain} ({how})")
+    return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err, source=source)
 
 
 def leave_out_posteriors(spec, history, folds: int, *, directory, svi_steps: int | None = None,
@@ -1175,7 +1240,8 @@ class Forecast:
         prob_below: probability of ending below `threshold` (or None).
         threshold: the `Threshold` asked for (or None).
         method, ess, n_particles, notes: how the conditional was computed (see `condition`).
-        structural: `{quantity: (bias, sd)}` of the structural error applied (empty: none).
+        structural: `{quantity: (bias, sd, w)}` of the structural error applied, `w` the twin's
+            weight against the history's mean end (1: the twin alone; empty: none).
         model_only: `{"total_product_kg": ..., "final_titer_g_L": ...}` summaries before the
             structural error (what the model's own uncertainty says).
         data_fit: how well the conditioned twin reproduces the data so far:
@@ -1229,7 +1295,8 @@ class Forecast:
             },
             "method": self.method, "effective_sample_size": self.ess,
             "n_particles": self.n_particles,
-            "structural_error": {q: {"log_bias": b, "log_sd": s} for q, (b, s) in self.structural.items()},
+            "structural_error": {q: {"log_bias": b, "log_sd": s, "twin_weight": w}
+                                 for q, (b, s, w) in self.structural.items()},
             "model_only": self.model_only,
             "data_fit": self.data_fit,
             "notes": list(self.notes), "wall_s": self.wall_s,
@@ -1340,9 +1407,14 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
         infl = math.sqrt(1.0 + 1.0 / max(errors.n, 1))
         for q, arr in (("total_product", total_kg), ("final_titer", titer)):
             b, s = errors.at(at / t_end, q)
-            delta = b + s * infl * rng.standard_t(df, n_samples)
+            w, ref = errors.combination(at / t_end, q)
+            shift = np.zeros(n_samples)
+            if ref is not None and w < 1.0:  # towards the history's mean end (ForecastErrors)
+                unit = 1000.0 if q == "total_product" else 1.0
+                shift = (1.0 - w) * (ref - np.log(np.maximum(arr[:, -1] * unit, 1e-300)))
+            delta = shift + b + s * infl * rng.standard_t(df, n_samples)
             arr *= np.exp(delta[:, None] * ramp[None, :])
-            structural[q] = (b, s)
+            structural[q] = (b, s, w)
     prob = None
     if threshold is not None:
         final = titer[:, -1] if threshold.quantity == "final_titer" else total_kg[:, -1] * 1000.0
@@ -1366,6 +1438,10 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
     notes = cond.notes + ((warning,) if warning else ())
     if errors is not None:
         notes = notes + (f"widened by the twin's structural error measured on {errors.source}",)
+        w = structural["total_product"][2]
+        if w < 1.0:
+            notes = notes + (f"combined with the history's mean end: the twin's weight at this "
+                             f"time is {w:.2f}, earned by its leave-out skill on those batches",)
     return Forecast(
         batch=record.batch, strain=posterior.strain, at_h=float(at), end_h=t_end,
         final_titer_g_L=_summary(titer[:, -1]), total_product_kg=_summary(total_kg[:, -1]),

@@ -74,7 +74,7 @@ def structural_errors(post, history, plans, *, posterior_path: Path, progress=No
     cache = posterior_path.with_name(posterior_path.name + ".forecast_errors.json")
     base = _identity(posterior_path)
     ident = {**base, "fractions": list(ERROR_FRACTIONS),
-             "batches": sorted(history.batch_ids), "n_draws": n_draws}
+             "batches": sorted(history.batch_ids), "n_draws": n_draws, "combined_with_history": True}
     if folds:
         ident["folds"] = int(folds)
     if cache.is_file():
