@@ -85,7 +85,10 @@ def main(argv=None) -> dict:
     values = posterior_medians(a.posterior, sc.model) if a.posterior else {}
     for item in a.overrides:
         name, _, v = item.partition("=")
-        values[name.strip()] = float(v)
+        try:
+            values[name.strip()] = float(v)
+        except ValueError:
+            p.error(f"--set {item!r}: expected name=number, e.g. kinetics.K_X=1.25e-4")
     model = set_parameters(sc.model, values) if values else sc.model
     centre = float(get_parameter(model, a.param))
     sweep = jnp.linspace(centre * (1 - a.span), centre * (1 + a.span), a.n)
