@@ -203,6 +203,7 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
         if v is not None:
             inf[k] = v
     spec = dataclasses.replace(spec, inference=inf)
+    start = _complete_start(spec, start)
     t0 = time.perf_counter()
     bs, recipes = load_history(spec)
     if batches:
@@ -255,11 +256,31 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
     return CalibrationResult(spec, data, idata, inf["method"], wall)
 
 
+def _complete_start(spec: StrainSpec, start: dict | None) -> dict | None:
+    """With centred batch effects, each batch's log-value `log_*` from a start that gives the
+    standardised effects instead (`z_*`, `tau_*`, `eps_*`, e.g. a non-centred posterior's means)."""
+    if not start or spec.batch_parameterisation != "centred":
+        return start
+    start = dict(start)
+    for p in spec.priors:
+        k = p.key
+        if k in spec.batch_effects and f"log_{k}" not in start and all(
+                f"{s}_{k}" in start for s in ("z", "tau", "eps")):
+            lg = np.log(p.median) + p.log_sd * np.asarray(start[f"z_{k}"], dtype=float)
+            start[f"log_{k}"] = lg + np.asarray(start[f"tau_{k}"], dtype=float) * np.asarray(start[f"eps_{k}"], dtype=float)
+    return start
+
+
 def _deterministic(spec, data, draws) -> dict:
+    """The model's deterministic sites from draws of its latent ones (an SVI fit's draws): every
+    fitted parameter and, with centred batch effects, the standardised effects `eps_*`."""
     out = {}
     for p in spec.priors:
-        z = np.asarray(draws[f"z_{p.key}"])
-        out[p.key] = np.exp(np.log(p.median) + p.log_sd * z)[None]
+        lg = np.log(p.median) + p.log_sd * np.asarray(draws[f"z_{p.key}"])
+        out[p.key] = np.exp(lg)[None]
+        if spec.batch_parameterisation == "centred" and p.key in spec.batch_effects:
+            tau = np.asarray(draws[f"tau_{p.key}"])
+            out[f"eps_{p.key}"] = ((np.asarray(draws[f"log_{p.key}"]) - lg[:, None]) / tau[:, None])[None]
     return out
 
 
@@ -281,6 +302,7 @@ def _to_idata(spec: StrainSpec, data: CalibrationData, posterior: dict, stats: d
         "parameters": json.dumps({p.key: {"name": p.name, "unit": p.unit, "prior_median": p.median,
                                           "prior_log_sd": p.log_sd} for p in spec.priors}),
         "batch_effects": json.dumps(list(spec.batch_effects)),
+        "batch_parameterisation": spec.batch_parameterisation,
         "initial": json.dumps({k: float(v) for k, v in spec.initial.items()}),
         "dt": float(spec.inference["dt"]),
         "batches": json.dumps(list(data.batches)),

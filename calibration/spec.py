@@ -11,7 +11,8 @@ Layout::
                     the operators' noise-free plan for the rest)
     [synthetic]     instead of [data]: batches simulated from known parameters (see synthetic.py)
     [parameters]    NAME = { median = m, log_sd = s }  -- lognormal prior, physical units of NAME
-    [batch_effects] parameters = [names]; sd_prior = half-normal scale of the log-scale batch SD
+    [batch_effects] parameters = [names]; sd_prior = half-normal scale of the log-scale batch SD;
+                    parameterisation = "non-centred" (default) | "centred" (see calibration.model)
     [initial]       NAME = { log_sd = s }  -- per-batch uncertain initial amount (log scale)
     [observations]  VARIABLE = { sd = a, cv = b, every_h = k }; noise SD = sqrt(a^2 + (b pred)^2),
                     a and b are half-normal priors' scales (0 fixes that part to zero)
@@ -40,6 +41,7 @@ OBSERVABLE = {
     "biomass": "g/L", "substrate": "g/L", "product": "g/L", "precursor": "g/L", "oil": "g/L",
     "volume": "L", "dissolved_oxygen": "%", "oxygen_uptake_rate": "mmol/L/h",
 }
+BATCH_PARAMETERISATIONS = ("non-centred", "centred")
 _INITIAL = ("biomass", "substrate", "product", "precursor", "oil", "volume")
 
 _SECTIONS = {
@@ -48,7 +50,7 @@ _SECTIONS = {
     "synthetic": {"n_batches", "seed", "truth", "batch_sd", "assay_every_h", "online_every_h",
                   "noise_cv", "noise_sd", "feed_jitter"},
     "parameters": None,
-    "batch_effects": {"parameters", "sd_prior"},
+    "batch_effects": {"parameters", "sd_prior", "parameterisation"},
     "initial": None,
     "observations": None,
     "inference": {"method", "chains", "warmup", "samples", "dt", "seed", "svi_steps", "max_tree_depth",
@@ -97,6 +99,9 @@ class StrainSpec:
     observations: tuple[ObservationSpec, ...]
     inference: dict[str, Any]
     raw: dict[str, Any]
+    # "non-centred" (sample the standardised effects eps) or "centred" (sample each batch's
+    # log-value; eps is then a deterministic site): see calibration.model
+    batch_parameterisation: str = "non-centred"
     # batch directories or measurements files added to the strain's data (`twin calibrate
     # --update-with`); not part of the TOML
     extra_data: tuple[Path, ...] = ()
@@ -177,6 +182,10 @@ def load_strain(path: str | Path) -> StrainSpec:
             raise _err("batch effects need a fitted parameter", path, "batch_effects.parameters", p,
                        hint=f"fitted: {', '.join(sorted(fitted))}")
     be_sd = _num(be.get("sd_prior", 0.1), path, "batch_effects.sd_prior", positive=True)
+    be_param = be.get("parameterisation", "non-centred")
+    if be_param not in BATCH_PARAMETERISATIONS:
+        raise _err("unknown parameterisation of the batch effects", path, "batch_effects.parameterisation",
+                   be_param, hint=f"one of {', '.join(BATCH_PARAMETERISATIONS)}")
 
     initial = {}
     for k, spec in raw.get("initial", {}).items():
@@ -244,4 +253,5 @@ def load_strain(path: str | Path) -> StrainSpec:
                       scenario=scenario, data_dir=data_dir, holdout=holdout,
                       recorded_feeds=recorded, synthetic=synthetic,
                       priors=tuple(priors), batch_effects=be_params, batch_sd_prior=be_sd,
+                      batch_parameterisation=be_param,
                       initial=initial, observations=tuple(obs), inference=inf, raw=raw)

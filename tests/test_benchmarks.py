@@ -109,3 +109,19 @@ def test_smoothness_benchmark_with_tiny_arguments(capsys):
         assert f"\n{name}: " in out, name
         assert math.isfinite(figures[name])
     assert figures["sign_changes_reference"] == 0
+
+
+@pytest.mark.slow
+def test_posterior_geometry_benchmark_with_tiny_arguments(capsys):
+    """The Gaussian-fit check of both parameterisations on the synthetic strain: headline lines
+    printed, and every figure finite."""
+    import math
+
+    figures = _load("posterior_geometry").main([
+        "--strain", str(ROOT / "calibration/strains/synthetic_erythromycin.toml"),
+        "--draws", "4", "--iterations", "20"])
+    out = capsys.readouterr().out
+    for par in ("non_centred", "centred"):
+        for name in (f"laplace_excess_mean_{par}", f"laplace_excess_sd_{par}"):
+            assert f"\n{name}: " in out, name
+            assert math.isfinite(figures[name])

@@ -94,3 +94,46 @@ def test_not_a_posterior(tmp_path):
     bad.write_text("not netcdf")
     with pytest.raises(PosteriorError, match="not a readable NetCDF posterior"):
         load_posterior(bad)
+
+
+def test_unknown_batch_parameterisation(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("sd_prior = ", 'parameterisation = "centered"\nsd_prior = '))
+    with pytest.raises(ScenarioError, match=r"field 'batch_effects.parameterisation': unknown parameterisation "
+                                            r"of the batch effects.*centered.*non-centred, centred"):
+        load_strain(p)
+
+
+def test_centred_batch_effects_are_the_same_model_in_other_coordinates():
+    """The centred model samples each batch's log-value b = lg + tau eps instead of eps: at
+    corresponding points the potentials differ by exactly the Jacobian, sum over batch effects of
+    B log tau, and the centred model's deterministic eps is the non-centred one's."""
+    import dataclasses
+
+    import jax
+    from numpyro.handlers import condition, seed, trace
+
+    from calibration.infer import _complete_start, _deterministic, _model_fn, _start, load_history
+    from calibration.vi import potential
+
+    spec = load_strain(SYN)
+    bs, recipes = load_history(spec)
+    data = build_data(spec, bs.select(list(bs.batch_ids)[:2]), recipes)
+    cen = dataclasses.replace(spec, batch_parameterisation="centred")
+    pot_n, pot_c = potential(_model_fn(spec, data), seed=0), potential(_model_fn(cen, data), seed=0)
+    rng = np.random.default_rng(3)
+    x_n = pot_n.x0 + 0.3 * rng.standard_normal(pot_n.dim)
+    point = {k: np.asarray(v)[0] for k, v in pot_n.constrain(x_n[None]).items()}
+    full = _complete_start(cen, point)
+    assert all(f"log_{k}" in full for k in spec.batch_effects)
+    x_c = _start(pot_c, full)
+    jac = sum(data.n_batches * np.log(point[f"tau_{k}"]) for k in spec.batch_effects)
+    assert pot_c(x_c)[0] == pytest.approx(pot_n(x_n)[0] + jac, rel=0, abs=1e-8)
+    # the deterministic eps of the centred model, in the model and from SVI-style draws
+    site_values = {k: v for k, v in full.items() if not k.startswith("eps_")}
+    tr = trace(seed(condition(_model_fn(cen, data), site_values), jax.random.PRNGKey(0))).get_trace()
+    draws = {k: np.asarray(v)[None] for k, v in site_values.items()}
+    det = _deterministic(cen, data, draws)
+    for k in spec.batch_effects:
+        np.testing.assert_allclose(np.asarray(tr[f"eps_{k}"]["value"]), point[f"eps_{k}"], rtol=1e-10)
+        np.testing.assert_allclose(det[f"eps_{k}"][0, 0], point[f"eps_{k}"], rtol=1e-10)
