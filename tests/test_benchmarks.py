@@ -125,3 +125,11 @@ def test_posterior_geometry_benchmark_with_tiny_arguments(capsys):
         for name in (f"laplace_excess_mean_{par}", f"laplace_excess_sd_{par}"):
             assert f"\n{name}: " in out, name
             assert math.isfinite(figures[name])
+
+
+def test_smoothness_reference_until_must_precede_the_saved_times(capsys):
+    """`--reference-until H` with a saved time before H is an argparse error naming both."""
+    with pytest.raises(SystemExit):
+        _load("smoothness").main(["--reference-until", "26", "--times", "24,230", "--n", "3"])
+    err = capsys.readouterr().err
+    assert "--reference-until 26: every saved time must come after it (--times 24,230)" in err
