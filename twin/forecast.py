@@ -1041,22 +1041,27 @@ class ForecastErrors:
                    None if weight is None else {k: float(v) for k, v in d["reference"].items()})
 
 
-def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray):
+def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray, fit_weight: bool = True):
     """The twin's weight against the history's mean end, and the combination's bias and
     structural SD (`ForecastErrors`), at each fraction. `err`, `var`: (k, n) the twin's log errors
-    and predictive log-variances; `log_end`: (n,) the batches' observed log ends."""
-    n = log_end.shape[0]
-    loo = (log_end.sum() - log_end) / (n - 1)  # each batch's history reference: the others' mean
-    e_hist = log_end - loo
+    and predictive log-variances; `log_end`: (n,) the batches' observed log ends. With
+    `fit_weight=False` the weight stays 1: the twin alone."""
+    e_hist = None
+    if fit_weight:
+        n = log_end.shape[0]
+        loo = (log_end.sum() - log_end) / (n - 1)  # each batch's history reference: the others' mean
+        e_hist = log_end - loo
     w = np.ones(err.shape[0])
     bias, sd = np.empty(err.shape[0]), np.empty(err.shape[0])
     for i in range(err.shape[0]):
         ok = np.isfinite(err[i])
-        d = e_hist[ok] - err[i, ok]
-        den = float(np.sum(d * d))
-        if den > 0.0:
-            w[i] = float(np.clip(np.sum(e_hist[ok] * d) / den, 0.0, 1.0))
-        e_c = w[i] * err[i, ok] + (1.0 - w[i]) * e_hist[ok]
+        e_c = err[i, ok]
+        if e_hist is not None:
+            d = e_hist[ok] - e_c
+            den = float(np.sum(d * d))
+            if den > 0.0:
+                w[i] = float(np.clip(np.sum(e_hist[ok] * d) / den, 0.0, 1.0))
+            e_c = w[i] * e_c + (1.0 - w[i]) * e_hist[ok]
         bias[i] = np.mean(e_c)
         sd[i] = np.sqrt(max(np.var(e_c, ddof=1) - w[i] ** 2 * np.nanmean(var[i]), 0.0))
     return w, bias, sd
@@ -1124,17 +1129,13 @@ def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Reci
     how = ("in-sample" if held_out == 0 else "each forecast by a posterior calibrated without "
            "it" if held_out == n else f"{held_out} of them by posteriors calibrated without them")
     source = f"{n} batches of strain {posterior.strain} ({how})"
-    if combine and n >= 3:
-        weight, bias, sd, reference = {}, {}, {}, {}
-        for q in quantities:
-            weight[q], bias[q], sd[q] = _combine(err[q], var[q], log_end[q])
-            reference[q] = float(np.mean(log_end[q]))
-        return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err, source=source,
-                              weight=weight, reference=reference)
-    bias = {q: np.nanmean(err[q], axis=1) for q in quantities}
-    sd = {q: np.sqrt(np.maximum(np.nanvar(err[q], axis=1, ddof=1) - np.nanmean(var[q], axis=1), 0.0))
-          for q in quantities}
-    return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err, source=source)
+    fit = combine and n >= 3
+    weight, bias, sd = {}, {}, {}
+    for q in quantities:
+        weight[q], bias[q], sd[q] = _combine(err[q], var[q], log_end[q], fit_weight=fit)
+    reference = {q: float(np.mean(log_end[q])) for q in quantities}
+    return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err, source=source,
+                          weight=weight if fit else None, reference=reference if fit else None)
 
 
 def leave_out_posteriors(spec, history, folds: int, *, directory, svi_steps: int | None = None,
