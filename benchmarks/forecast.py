@@ -437,6 +437,9 @@ def main(argv=None) -> dict:
         figures[f"structural_bias_{pct}pct"] = 100 * float(b)
         figures[f"structural_sd_{pct}pct"] = 100 * float(sd)
         figures[f"twin_weight_{pct}pct"] = errors.combination(h / t_end, "total_product")[0]
+    if errors.loo_coverage90 is not None:  # the structural error's own check, on the history
+        for h, c in zip(horizons, errors.loo_coverage90["total_product"]):
+            figures[f"history_loo_coverage90_{round(100 * h / t_end)}pct"] = float(c)
     figures["twin_beats_both_baselines_every_horizon"] = float(beats)
     p25 = round(100 * horizons[0] / t_end)
     figures[f"target_mape_{p25}pct_met"] = float(figures[f"mape_{p25}pct"] <= 5.0)

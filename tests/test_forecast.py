@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import arviz as az
 import jax
@@ -511,13 +512,67 @@ def test_combination_weight_follows_the_twins_skill():
     noisy = 0.12 * rng.standard_normal(n)  # forecast = truth + noise: error = -noise
     sharp = 0.01 * rng.standard_normal(n)
     err = np.stack([-noisy, -sharp])
-    w, bias, sd = _combine(err, np.zeros_like(err), log_end)
+    c = _combine(err, np.zeros_like(err), log_end)
+    w = c.weight
     assert w[0] < 0.3 and w[1] > 0.9, w
     e_hist = log_end - loo
     for i in range(2):
         e_c = w[i] * err[i] + (1 - w[i]) * e_hist
         assert np.mean(e_c**2) <= min(np.mean(err[i] ** 2), np.mean(e_hist**2)) + 1e-15
-        assert bias[i] == pytest.approx(np.mean(e_c)) and sd[i] == pytest.approx(np.std(e_c, ddof=1))
+        # no model variance: the posterior mean bias is the mean error, and the structural SD is
+        # the errors' own, a little above the sample SD under the flat prior on s
+        assert c.bias[i] == pytest.approx(np.mean(e_c), abs=1e-6)
+        assert 1.0 < c.sd[i] / np.std(e_c, ddof=1) < 1.1, (c.sd[i], np.std(e_c, ddof=1))
+        assert 0.8 <= c.loo_coverage90[i] <= 1.0
+
+
+@pytest.mark.parametrize("s_true", [0.0, 0.05])
+def test_structural_error_is_calibrated_with_uneven_model_spread(s_true):
+    """Errors e_i ~ N(b, v_i + s^2) of 12 batches whose own forecast variances v_i differ by
+    orders of magnitude (log-normal SDs): the predictive interval of a 13th batch's error (its
+    own v plus the structural posterior) covers it in 86-95 % of 1500 repeated histories,
+    whether or not there is a structural error. Subtracting the mean v from the errors' variance
+    (the estimator before) collapses to 0 and covers about 75 %; checked here as well so the test
+    shows what it guards against."""
+    from scipy import stats
+
+    from twin.forecast import _StructuralPosterior
+
+    rng = np.random.default_rng(11)
+    n, reps = 12, 1500
+    new, old = [], []
+    for _ in range(reps):
+        v = (0.01 * np.exp(1.5 * rng.standard_normal(n + 1))) ** 2
+        e = 0.02 + np.sqrt(v + s_true**2) * rng.standard_normal(n + 1)
+        post = _StructuralPosterior.fit(e[:n], v[:n])
+        u = post.cdf(e[n], extra_var=v[n])[0]
+        new.append(0.05 <= u <= 0.95)
+        s_old = math.sqrt(max(np.var(e[:n], ddof=1) - np.mean(v[:n]), 0.0))
+        half = math.hypot(stats.t.ppf(0.95, n - 1) * s_old * math.sqrt(1 + 1 / n),
+                          1.645 * math.sqrt(v[n]))
+        old.append(abs(e[n] - np.mean(e[:n])) <= half)
+    assert 0.86 <= np.mean(new) <= 0.95, np.mean(new)
+    assert np.mean(old) < 0.82, np.mean(old)
+
+
+def test_structural_quantiles_round_trip_and_draws():
+    """The structural error's predictive quantiles survive the JSON round trip, and draws at a
+    fraction between two measured ones follow the interpolated quantile function."""
+    from twin.forecast import STRUCTURAL_LEVELS, ForecastErrors
+
+    levels = (np.arange(STRUCTURAL_LEVELS) + 0.5) / STRUCTURAL_LEVELS
+    from scipy import stats
+
+    qs = np.stack([stats.norm.ppf(levels, 0.0, 0.1), stats.norm.ppf(levels, 0.1, 0.3)])
+    zero = np.zeros(2)
+    fe = ForecastErrors((0.25, 0.75), {"total_product": zero}, {"total_product": zero}, 12,
+                        {"total_product": np.zeros((2, 12))}, quantiles={"total_product": qs},
+                        loo_coverage90={"total_product": np.array([0.9, 0.8])})
+    rt = ForecastErrors.from_dict(json.loads(json.dumps(fe.to_dict())))
+    np.testing.assert_allclose(rt.quantiles["total_product"], qs)
+    d = rt.draw(0.5, "total_product", np.random.default_rng(0), 20000)
+    # the displacement interpolation of two normals: N(0.05, 0.2)
+    assert np.mean(d) == pytest.approx(0.05, abs=0.005) and np.std(d) == pytest.approx(0.2, rel=0.03)
 
 
 def test_forecast_applies_the_combination_weight(post):

@@ -73,6 +73,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 from pathlib import Path
 
 import equinox as eqx
@@ -80,6 +81,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from ._custom_types import Array, Float
 from .data import BatchRecord, load_batches, read_wide_csv
@@ -963,17 +965,81 @@ def observed_totals(record: BatchRecord) -> dict:
     return {"final_titer": float(p[-1]), "total_product": float(total[-1]), "end_h": float(t[-1])}
 
 
+STRUCTURAL_LEVELS = 400
+"""Number of equally spaced quantiles of the structural error's predictive distribution that
+`ForecastErrors` keeps per forecast fraction (levels (i + 1/2) / 400)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _StructuralPosterior:
+    r"""The posterior of the structural bias $b$ and SD $s$ from errors $e_i \sim N(b, v_i +
+    s^2)$, $v_i$ the model's own predictive variance of batch $i$, on a grid of $s$: flat prior
+    on $b$ (integrated out analytically) and on $s \ge 0$ (uniform on the SD, Gelman 2006),
+    truncated at 10 times the errors' scale (the posterior falls as $s^{-(n-1)}$ there)."""
+
+    s: np.ndarray  # (g,) grid of s
+    p: np.ndarray  # (g,) posterior weights
+    b: np.ndarray  # (g,) posterior mean of b given s
+    var_b: np.ndarray  # (g,) posterior variance of b given s
+
+    @classmethod
+    def fit(cls, e, v, n_grid: int = 1201) -> _StructuralPosterior:
+        e = np.asarray(e, float)
+        v = np.maximum(np.asarray(v, float), 0.0)
+        scale = math.sqrt(float(np.mean((e - e.mean()) ** 2) + np.mean(v))) + 1e-9
+        s = np.linspace(0.0, 10.0 * scale, n_grid)
+        prec = 1.0 / (v[None, :] + s[:, None] ** 2 + (1e-6 * scale) ** 2)
+        big_p = prec.sum(axis=1)
+        b = (prec * e).sum(axis=1) / big_p
+        logp = (0.5 * np.log(prec).sum(axis=1) - 0.5 * np.log(big_p)
+                - 0.5 * (prec * (e[None, :] - b[:, None]) ** 2).sum(axis=1))
+        p = np.exp(logp - logp.max())
+        return cls(s, p / p.sum(), b, 1.0 / big_p)
+
+    @property
+    def mean_b(self) -> float:
+        return float(np.sum(self.p * self.b))
+
+    @property
+    def rms_s(self) -> float:
+        r"""$\sqrt{E[s^2]}$: the structural SD as one figure."""
+        return float(np.sqrt(np.sum(self.p * self.s**2)))
+
+    def cdf(self, x, extra_var: float = 0.0) -> np.ndarray:
+        """Predictive CDF of a new error $b + s z$ (+ a normal of variance `extra_var`)."""
+        x = np.atleast_1d(np.asarray(x, float))
+        sd = np.sqrt(self.s**2 + self.var_b + extra_var)
+        z = (x[:, None] - self.b[None, :]) / sd[None, :]
+        return np.sum(self.p[None, :] * special.ndtr(z), axis=1)
+
+    def quantiles(self, levels) -> np.ndarray:
+        """Quantiles of the predictive distribution of $b + s z$ at `levels`."""
+        sd = np.sqrt(self.s**2 + self.var_b)
+        lo = float(np.min(self.b - 9.0 * sd))
+        hi = float(np.max(self.b + 9.0 * sd))
+        x = np.linspace(lo, hi, 8001)
+        c = self.cdf(x)
+        return np.interp(levels, c, x)
+
+
 @dataclasses.dataclass(frozen=True)
 class ForecastErrors:
     r"""The twin's structural forecast error, measured on batches with known ends.
 
     For batch $i$ forecast at fraction $f$ of the batch, $e_i = \log(\text{observed end} /
-    \text{median forecast})$. At each fraction: bias $\bar e$, SD $s$ over the $n$ batches, and the
-    mean predictive log-variance $\bar v$ of the model itself; the structural part is
-    $s_\text{str}^2 = \max(s^2 - \bar v, 0)$. A new forecast multiplies each particle by
-    $\exp(\delta)$, $\delta = \bar e + s_\text{str}\sqrt{1 + 1/n}\;t_{n-1}$ (the prediction
-    interval of a normal sample of size $n$ with unknown mean and variance), for fractions in
-    between interpolated linearly (outside: the nearest).
+    \text{median forecast})$, and $v_i$ the forecast's own predictive log-variance (from its 90 %
+    interval). At each fraction the errors are modelled as $e_i \sim N(b, v_i + s^2)$: the model's
+    own spread, which differs from batch to batch, plus a structural bias $b$ and SD $s$ the model
+    does not know about. $(b, s)$ get a flat prior ($s \ge 0$, uniform on the SD; Gelman 2006) and
+    their posterior is computed on a grid of $s$ with $b$ integrated out. A new forecast multiplies
+    each particle by $\exp(\delta)$, $\delta$ drawn from the posterior predictive of $b + s z$:
+    an estimate that neither collapses to zero when a few batches have wide forecasts (the mean
+    of $v_i$ over batches is not what a sharp batch's error is compared with) nor ignores how few
+    batches it was measured on. `quantiles` keeps that predictive distribution; between fractions
+    its quantile functions are interpolated linearly (outside: the nearest).
+    `loo_coverage90` is the honesty check on the history itself: each batch's error against the
+    90 % predictive interval (its own model spread plus the structural error) fitted on the
+    other batches.
 
     Combination with the history (`weight`, `reference`): early in a batch the data may say
     little about its end, and the twin's forecast can then be worse than the strain's historical
@@ -982,20 +1048,28 @@ class ForecastErrors:
     the twin's forecast and the history's mean end $r$ (mean log end of the batches measured),
     with $w \in [0, 1]$ at each fraction the weight that minimises the squared leave-one-out error
     of the combination over the batches measured (each batch's history reference is the mean of
-    the others'). Bias and structural SD above are then those of the combination's errors
+    the others'). The structural error above is then that of the combination's errors
     $w e_\text{twin} + (1 - w) e_\text{hist}$, with the model's own variance scaled by $w^2$.
     $w = 1$ is the twin alone; `weight` `None` (errors saved before the combination): the twin
     alone.
 
     Attributes:
         fractions: (k,) forecast times as fractions of the batch.
-        bias, sd_structural: `{"total_product": (k,), "final_titer": (k,)}` on the log scale.
+        bias, sd_structural: `{"total_product": (k,), "final_titer": (k,)}` on the log scale:
+            posterior mean of $b$ and $\sqrt{E[s^2]}$ (summaries for reports).
         n: number of batches measured.
-        errors: `{quantity: (k, n)}` the individual log errors of the twin alone (for reports).
+        errors: `{quantity: (k, n)}` the individual log errors of the twin alone.
         source: what they were measured on.
         weight: `{quantity: (k,)}` the twin's weight $w$, or `None`.
         reference: `{quantity: float}` the history's mean log end $r$ (total product in g,
             final titer in g/L), or `None`.
+        variances: `{quantity: (k, n)}` the twin's own predictive log-variances $v_i$.
+        log_ends: `{quantity: (n,)}` the batches' observed log ends.
+        quantiles: `{quantity: (k, STRUCTURAL_LEVELS)}` the predictive quantiles of $\delta$ at
+            levels $(j + 1/2) / $`STRUCTURAL_LEVELS`; `None` (errors saved before them): $\delta =
+            b + s \sqrt{1 + 1/n}\, t_{n-1}$ from `bias` and `sd_structural`.
+        loo_coverage90: `{quantity: (k,)}` the leave-one-out coverage of the 90 % interval on
+            the batches measured, or `None`.
     """
 
     fractions: tuple[float, ...]
@@ -1006,12 +1080,28 @@ class ForecastErrors:
     source: str = ""
     weight: dict | None = None
     reference: dict | None = None
+    variances: dict | None = None
+    log_ends: dict | None = None
+    quantiles: dict | None = None
+    loo_coverage90: dict | None = None
 
     def at(self, fraction: float, quantity: str) -> tuple[float, float]:
         """(bias, structural SD) of `quantity` at `fraction` of the batch."""
         f = np.asarray(self.fractions)
         return (float(np.interp(fraction, f, np.asarray(self.bias[quantity]))),
                 float(np.interp(fraction, f, np.asarray(self.sd_structural[quantity]))))
+
+    def draw(self, fraction: float, quantity: str, rng: np.random.Generator, m: int) -> np.ndarray:
+        r"""(m,) draws of the structural log error $\delta$ of `quantity` at `fraction`."""
+        if self.quantiles is None or quantity not in self.quantiles:
+            b, s = self.at(fraction, quantity)
+            infl = math.sqrt(1.0 + 1.0 / max(self.n, 1))
+            return b + s * infl * rng.standard_t(max(self.n - 1, 1), m)
+        q = np.asarray(self.quantiles[quantity])
+        f = np.asarray(self.fractions)
+        qf = np.array([np.interp(fraction, f, q[:, j]) for j in range(q.shape[1])])
+        levels = (np.arange(q.shape[1]) + 0.5) / q.shape[1]
+        return np.interp(rng.uniform(size=m), levels, qf)
 
     def combination(self, fraction: float, quantity: str) -> tuple[float, float | None]:
         """(the twin's weight w, the history's mean log end r) at `fraction`; (1, None) without
@@ -1022,49 +1112,85 @@ class ForecastErrors:
         return w, float(self.reference[quantity])
 
     def to_dict(self) -> dict:
+        def lists(d):
+            return {k: np.asarray(v, float).tolist() for k, v in d.items()}
+
         d = {"fractions": list(self.fractions), "n": self.n, "source": self.source,
-             "bias": {k: list(map(float, v)) for k, v in self.bias.items()},
-             "sd_structural": {k: list(map(float, v)) for k, v in self.sd_structural.items()},
-             "errors": {k: np.asarray(v).tolist() for k, v in self.errors.items()}}
+             "bias": lists(self.bias), "sd_structural": lists(self.sd_structural),
+             "errors": lists(self.errors)}
         if self.weight is not None:
-            d["weight"] = {k: list(map(float, v)) for k, v in self.weight.items()}
+            d["weight"] = lists(self.weight)
             d["reference"] = {k: float(v) for k, v in self.reference.items()}
+        for name in ("variances", "log_ends", "quantiles", "loo_coverage90"):
+            if getattr(self, name) is not None:
+                d[name] = lists(getattr(self, name))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ForecastErrors:
+        def arrays(name):
+            return None if d.get(name) is None else {k: np.asarray(v) for k, v in d[name].items()}
+
         weight = d.get("weight")
-        return cls(tuple(d["fractions"]), {k: np.asarray(v) for k, v in d["bias"].items()},
-                   {k: np.asarray(v) for k, v in d["sd_structural"].items()}, int(d["n"]),
-                   {k: np.asarray(v) for k, v in d["errors"].items()}, d.get("source", ""),
-                   None if weight is None else {k: np.asarray(v) for k, v in weight.items()},
-                   None if weight is None else {k: float(v) for k, v in d["reference"].items()})
+        return cls(tuple(d["fractions"]), arrays("bias"), arrays("sd_structural"), int(d["n"]),
+                   arrays("errors"), d.get("source", ""), arrays("weight"),
+                   None if weight is None else {k: float(v) for k, v in d["reference"].items()},
+                   arrays("variances"), arrays("log_ends"), arrays("quantiles"),
+                   arrays("loo_coverage90"))
 
 
-def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray, fit_weight: bool = True):
-    """The twin's weight against the history's mean end, and the combination's bias and
-    structural SD (`ForecastErrors`), at each fraction. `err`, `var`: (k, n) the twin's log errors
-    and predictive log-variances; `log_end`: (n,) the batches' observed log ends. With
-    `fit_weight=False` the weight stays 1: the twin alone."""
-    e_hist = None
-    if fit_weight:
+class _Combined(NamedTuple):
+    weight: np.ndarray  # (k,)
+    bias: np.ndarray  # (k,)
+    sd: np.ndarray  # (k,)
+    quantiles: np.ndarray  # (k, STRUCTURAL_LEVELS)
+    loo_coverage90: np.ndarray  # (k,)
+
+
+def _weigh(e_twin: np.ndarray, v: np.ndarray, log_end: np.ndarray | None):
+    """The twin's weight against the history (None: 1), the combination's errors and model
+    variances, and their `_StructuralPosterior`."""
+    w = 1.0
+    e_c = e_twin
+    if log_end is not None:
         n = log_end.shape[0]
-        loo = (log_end.sum() - log_end) / (n - 1)  # each batch's history reference: the others' mean
-        e_hist = log_end - loo
-    w = np.ones(err.shape[0])
-    bias, sd = np.empty(err.shape[0]), np.empty(err.shape[0])
-    for i in range(err.shape[0]):
-        ok = np.isfinite(err[i])
-        e_c = err[i, ok]
-        if e_hist is not None:
-            d = e_hist[ok] - e_c
-            den = float(np.sum(d * d))
-            if den > 0.0:
-                w[i] = float(np.clip(np.sum(e_hist[ok] * d) / den, 0.0, 1.0))
-            e_c = w[i] * e_c + (1.0 - w[i]) * e_hist[ok]
-        bias[i] = np.mean(e_c)
-        sd[i] = np.sqrt(max(np.var(e_c, ddof=1) - w[i] ** 2 * np.nanmean(var[i]), 0.0))
-    return w, bias, sd
+        e_hist = log_end - (log_end.sum() - log_end) / (n - 1)  # reference: the others' mean
+        d = e_hist - e_twin
+        den = float(np.sum(d * d))
+        if den > 0.0:
+            w = float(np.clip(np.sum(e_hist * d) / den, 0.0, 1.0))
+        e_c = w * e_twin + (1.0 - w) * e_hist
+    return w, e_c, w**2 * v, _StructuralPosterior.fit(e_c, w**2 * v)
+
+
+def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray, fit_weight: bool = True,
+             levels: int = STRUCTURAL_LEVELS) -> _Combined:
+    """The twin's weight against the history's mean end and the combination's structural error
+    (`ForecastErrors`) at each fraction, with its leave-one-out coverage. `err`, `var`: (k, n)
+    the twin's log errors and predictive log-variances; `log_end`: (n,) the batches' observed
+    log ends. With `fit_weight=False` the weight stays 1: the twin alone."""
+    k = err.shape[0]
+    out = _Combined(np.ones(k), np.empty(k), np.empty(k), np.empty((k, levels)), np.full(k, np.nan))
+    at_levels = (np.arange(levels) + 0.5) / levels
+    for i in range(k):
+        ok = np.flatnonzero(np.isfinite(err[i]) & np.isfinite(var[i]))
+        ends = log_end[ok] if fit_weight else None
+        w, _, _, post = _weigh(err[i, ok], var[i, ok], ends)
+        out.weight[i], out.bias[i], out.sd[i] = w, post.mean_b, post.rms_s
+        out.quantiles[i] = post.quantiles(at_levels)
+        if ok.size >= 4:
+            hit = []
+            for j in range(ok.size):
+                rest = np.delete(ok, j)
+                w_j, _, _, post_j = _weigh(err[i, rest], var[i, rest],
+                                           log_end[rest] if fit_weight else None)
+                e_j = err[i, ok[j]]
+                if fit_weight:
+                    e_j = w_j * e_j + (1.0 - w_j) * (log_end[ok[j]] - np.mean(log_end[rest]))
+                u = float(post_j.cdf(e_j, extra_var=w_j**2 * var[i, ok[j]])[0])
+                hit.append(0.05 <= u <= 0.95)
+            out.loo_coverage90[i] = float(np.mean(hit))
+    return out
 
 
 def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Recipe], *,
@@ -1130,12 +1256,14 @@ def measure_errors(posterior: StrainPosterior, history, plans: Mapping[str, Reci
            "it" if held_out == n else f"{held_out} of them by posteriors calibrated without them")
     source = f"{n} batches of strain {posterior.strain} ({how})"
     fit = combine and n >= 3
-    weight, bias, sd = {}, {}, {}
-    for q in quantities:
-        weight[q], bias[q], sd[q] = _combine(err[q], var[q], log_end[q], fit_weight=fit)
+    comb = {q: _combine(err[q], var[q], log_end[q], fit_weight=fit) for q in quantities}
     reference = {q: float(np.mean(log_end[q])) for q in quantities}
-    return ForecastErrors(tuple(float(f) for f in fractions), bias, sd, n, err, source=source,
-                          weight=weight if fit else None, reference=reference if fit else None)
+    return ForecastErrors(tuple(float(f) for f in fractions), {q: c.bias for q, c in comb.items()},
+                          {q: c.sd for q, c in comb.items()}, n, err, source=source,
+                          weight={q: c.weight for q, c in comb.items()} if fit else None,
+                          reference=reference if fit else None, variances=var, log_ends=log_end,
+                          quantiles={q: c.quantiles for q, c in comb.items()},
+                          loo_coverage90={q: c.loo_coverage90 for q, c in comb.items()})
 
 
 def leave_out_posteriors(spec, history, folds: int, *, directory, svi_steps: int | None = None,
@@ -1404,8 +1532,6 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
     structural = {}
     if errors is not None:
         ramp = np.clip((grid - at) / max(t_end - at, 1e-9), 0.0, 1.0)
-        df = max(errors.n - 1, 1)
-        infl = math.sqrt(1.0 + 1.0 / max(errors.n, 1))
         for q, arr in (("total_product", total_kg), ("final_titer", titer)):
             b, s = errors.at(at / t_end, q)
             w, ref = errors.combination(at / t_end, q)
@@ -1413,7 +1539,7 @@ def forecast(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, *, a
             if ref is not None and w < 1.0:  # towards the history's mean end (ForecastErrors)
                 unit = 1000.0 if q == "total_product" else 1.0
                 shift = (1.0 - w) * (ref - np.log(np.maximum(arr[:, -1] * unit, 1e-300)))
-            delta = shift + b + s * infl * rng.standard_t(df, n_samples)
+            delta = shift + errors.draw(at / t_end, q, rng, n_samples)
             arr *= np.exp(delta[:, None] * ramp[None, :])
             structural[q] = (b, s, w)
     prob = None

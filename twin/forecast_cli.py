@@ -74,7 +74,8 @@ def structural_errors(post, history, plans, *, posterior_path: Path, progress=No
     cache = posterior_path.with_name(posterior_path.name + ".forecast_errors.json")
     base = _identity(posterior_path)
     ident = {**base, "fractions": list(ERROR_FRACTIONS),
-             "batches": sorted(history.batch_ids), "n_draws": n_draws, "combined_with_history": True}
+             "batches": sorted(history.batch_ids), "n_draws": n_draws, "combined_with_history": True,
+             "structural_estimator": "heteroscedastic posterior (2)"}
     if folds:
         ident["folds"] = int(folds)
     if cache.is_file():
@@ -192,6 +193,12 @@ def forecast_command(
                          "recipe": str(recipe) if recipe else f"scenario {sc.name}",
                          "seed": seed, "structural_error": bool(errors is not None),
                          "structural_error_source": errors.source if errors is not None else None}
+        if errors is not None and errors.loo_coverage90 is not None:
+            doc["structural_error_check"] = {
+                "what": "leave-one-out coverage of the 90 % interval on the batches the structural "
+                        "error was measured on (each batch against the error fitted on the others)",
+                "fractions": list(errors.fractions),
+                **{q: [float(c) for c in v] for q, v in errors.loo_coverage90.items()}}
         write_json(doc, out / "forecast.json")
         plot_forecast(fc, rec, path=out / "forecast.png", history=history)
     _print(fc, out, doc["notes"])
