@@ -120,6 +120,21 @@ def _ideal_batch(ery, **params):
     return model, recipe
 
 
+def test_growth_associated_precursor_uptake_is_exact(ery):
+    """With production off and no precursor maintenance, precursor is taken up only with growth
+    (Y_prec_X): in a closed batch C_prec + Y_prec_X X stays constant (to 1e-10), and with
+    Y_prec_X = 0 the precursor does not move at all."""
+    for y_px in (0.0, 0.05):
+        model, recipe = _ideal_batch(ery, Y_prec_X=y_px)
+        V0 = float(ery.y0.volume)
+        y0 = eqx.tree_at(lambda y: y.precursor, ery.y0, 5.0 * V0)
+        traj = run(ery, model=model, recipe=recipe, y0=y0)
+        X = np.asarray(traj.concentration("biomass"))
+        C = np.asarray(traj.concentration("precursor"))
+        assert X[-1] > 3.0 * X[0]  # it grew
+        np.testing.assert_allclose(C + y_px * X, 5.0 + y_px * X[0], rtol=1e-10)
+
+
 def test_batch_monod_matches_closed_form(ery):
     """Batch Monod growth: X + Y_XS S is constant and t(X) follows the implicit solution.
 

@@ -116,7 +116,7 @@ class CultureKinetics(AbstractKinetics):
         lim = 1.0 if self.precursor is None else self.precursor.limitation(broth.precursor)
         activity = env * f_o
         mu, q_s, q_oil, q_p = self.carbon.split(self, broth, activity, f_o, tox, lim)
-        q_prec = 0.0 if self.precursor is None else self.precursor.uptake(q_p, broth.precursor)
+        q_prec = 0.0 if self.precursor is None else self.precursor.uptake(q_p, mu, broth.precursor)
         q_o2 = jnp.maximum(mu, 0.0) / self.respiration.Y_XO + q_p / self.respiration.Y_PO + self.respiration.m_O * f_o
         z = jnp.zeros_like(mu)
         return Rates(growth=mu, substrate_uptake=q_s, oil_uptake=q_oil + z, production=q_p,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 from .base import parameter
@@ -58,7 +59,10 @@ class PrecursorUptake(eqx.Module):
 
     Production needs it and high levels are toxic to growth:
     $$f_{prec} = \frac{C}{K_{prec} + C}, \qquad g_{tox} = \frac{K_{tox}}{K_{tox} + C}$$
-    $$q_{prec} = Y_{prec,P}\, q_P + m_{prec} \frac{C}{K_{prec} + C}$$
+    $$q_{prec} = Y_{prec,P}\, q_P + Y_{prec,X} \max(\mu, 0) + m_{prec} \frac{C}{K_{prec} + C}$$
+    The growth-associated term is precursor the growing mycelium takes up and metabolises
+    besides what goes into product (P. chrysogenum degrades phenylacetic acid through the
+    homogentisate pathway; IndPenSim charges 45 mg PAA per g of new biomass); 0 leaves it out.
     """
 
     K_prec: Float[Array, ""] = parameter(unit="g/L", lower=1e-6, upper=10.0,
@@ -69,6 +73,8 @@ class PrecursorUptake(eqx.Module):
                                            doc="precursor consumed per product formed")
     m_prec: Float[Array, ""] = parameter(unit="g/g/h", lower=0.0, upper=1.0, default=0.0,
                                          doc="precursor catabolised (not into product)")
+    Y_prec_X: Float[Array, ""] = parameter(unit="g/g", lower=0.0, upper=10.0, default=0.0,
+                                           doc="precursor taken up per biomass grown (not into product)")
 
     def limitation(self, c):
         return c / (self.K_prec + c)
@@ -76,5 +82,6 @@ class PrecursorUptake(eqx.Module):
     def toxicity(self, c):
         return self.K_tox / (self.K_tox + c)
 
-    def uptake(self, production, c):
-        return self.Y_prec_P * production + self.m_prec * c / (self.K_prec + c)
+    def uptake(self, production, growth, c):
+        return (self.Y_prec_P * production + self.Y_prec_X * jnp.maximum(growth, 0.0)
+                + self.m_prec * c / (self.K_prec + c))
