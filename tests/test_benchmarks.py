@@ -78,6 +78,14 @@ def test_forecast_benchmark_with_tiny_arguments(capsys, tmp_path):
     assert edited["model_structure"] == used["model_structure"]
     assert bench.posterior_key(strain)["key"] != key  # the SVI steps are part of the key
     assert bench.posterior_key(svi_steps=30)["key"] != key  # so is the strain file
+    # the structural-error re-analysis reads that run's saved errors and forecasts
+    capsys.readouterr()
+    re = _load("structural_error").main(["--reps", "20", "--run", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    for name in ("synthetic_uneven_v_s5pct_coverage90_posterior", "structural_sd_50pct_moments",
+                 "history_loo_coverage90_50pct_posterior", "heldout_coverage90_50pct_posterior"):
+        assert f"\n{name}: " in out, name
+    assert 0.0 <= re["heldout_coverage90_50pct_posterior"] <= 1.0
 
 
 def test_forecast_floor_benchmark_with_tiny_arguments(capsys, tmp_path):
