@@ -264,7 +264,8 @@ def plot_recipe_vs_history(variables, ts, new: dict, baseline: dict, history: di
         history: `{variable: (batches, times) values at ts}` or None.
     """
     n = len(variables)
-    fig, axes = plt.subplots(n, 1, figsize=(11, 2.6 * n), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(11, 2.6 * n), sharex=True, squeeze=False,
+                             layout="constrained")  # the title sits on the panels, not 1.5 in above
     for ax, var in zip(axes[:, 0], variables):
         if history and var in history:
             h = np.asarray(history[var])
