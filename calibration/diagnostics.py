@@ -44,6 +44,11 @@ def check(idata: az.InferenceData) -> dict:
     if method == "svi":
         out["ok"] = True
         out["note"] = "SVI: variational approximation; r-hat/ESS do not apply; uncertainty may be too narrow"
+        rejected = int(idata.attrs.get("svi_rejected_draws", 0))
+        out["svi_rejected_draws"] = rejected
+        if rejected:
+            out["note"] += (f"; {rejected} VI draws had a non-finite log posterior (the simulation "
+                            "failed far in the tail) and were skipped")
         return out
     vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(("tau_", "sd_", "cv_"))]
     rhat = az.rhat(post[vars_])

@@ -220,7 +220,8 @@ def calibrate(spec: StrainSpec, *, method: str | None = None, batches: list[str]
         posterior.update(_deterministic(spec, data, draws))
         stats = {"diverging": np.zeros((1, int(inf["samples"])), dtype=bool)}
         idata = _to_idata(spec, data, posterior, stats, method="svi")
-        idata.attrs["svi_final_loss"] = float(np.mean(losses[-50:]))
+        idata.attrs["svi_final_loss"] = float(np.nanmean(losses[-50:]))
+        idata.attrs["svi_rejected_draws"] = int(fit.rejected)
         idata.attrs["laplace_starts"] = json.dumps(list(fit.laplace))
     else:
         n_chains = int(inf["chains"])

@@ -39,6 +39,12 @@ from twin.errors import TwinError
 __all__ = ["Potential", "potential", "laplace", "best_laplace", "GaussianFit", "gaussian_vi"]
 
 
+MAX_REJECTED_FRACTION = 0.02
+"""Largest fraction of VI steps whose draw may have a non-finite potential (`gaussian_vi`)."""
+MAX_CONSECUTIVE_REJECTED = 10
+"""Most VI draws in a row with a non-finite potential before the fit counts as diverged."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Potential:
     """The potential of a model in its flat unconstrained space (latent sites in sorted-name order,
@@ -167,6 +173,7 @@ class GaussianFit:
         losses: the negative ELBO (up to a constant) at each VI step, one draw each.
         potential: what it approximates.
         laplace: the mode searches it started from (see `best_laplace`), if recorded.
+        rejected: VI steps whose draw had a non-finite potential (skipped; `losses` NaN there).
     """
 
     loc: np.ndarray
@@ -174,6 +181,7 @@ class GaussianFit:
     losses: np.ndarray
     potential: Potential
     laplace: tuple[dict, ...] = ()
+    rejected: int = 0
 
     @property
     def covariance(self) -> np.ndarray:
@@ -216,8 +224,13 @@ def gaussian_vi(pot: Potential, loc: np.ndarray, cov: np.ndarray, *args, steps: 
     """Full-rank Gaussian VI from `N(loc, cov)` (usually the Laplace approximation): `steps` Adam
     steps in coordinates whitened by `cov`, learning rate decaying tenfold over the run.
 
+    A draw at which the potential is not finite (the simulation fails for parameters far in the
+    tail) is rejected: that step makes no update, and the count is kept (`GaussianFit.rejected`).
+    More than `MAX_REJECTED_FRACTION` of the steps, or `MAX_CONSECUTIVE_REJECTED` in a row, means
+    the approximation sits where the model cannot be evaluated, and is an error.
+
     Raises:
-        TwinError: the potential became non-finite (the fit diverged).
+        TwinError: too many draws rejected (the fit diverged).
     """
     n = loc.shape[0]
     L0 = jnp.asarray(np.linalg.cholesky(cov))
@@ -235,16 +248,24 @@ def gaussian_vi(pot: Potential, loc: np.ndarray, cov: np.ndarray, *args, steps: 
     losses = np.empty(steps)
     chunk = max(steps // 50, 1)
     log_det0 = float(np.sum(np.log(np.diag(np.asarray(L0)))))
+    rejected = in_a_row = 0
     for i in range(steps):
         eps = jnp.asarray(rng.standard_normal(n))
         v, g = pot(_draw(params, L0, start, eps), *args)
         if not (np.isfinite(v) and np.all(np.isfinite(g))):
-            raise TwinError("variational inference diverged (the log posterior is not finite at a draw)",
-                            where=where, field="inference.svi_steps", value=i,
-                            hint="tighten the priors, or use fewer SVI steps")
+            rejected += 1
+            in_a_row += 1
+            losses[i] = np.nan
+            if in_a_row > MAX_CONSECUTIVE_REJECTED or rejected > MAX_REJECTED_FRACTION * steps:
+                raise TwinError(f"variational inference diverged (the log posterior is not finite "
+                                f"at {rejected} of {i + 1} draws, {in_a_row} in a row)",
+                                where=where, field="inference.svi_steps", value=i,
+                                hint="tighten the priors, or use fewer SVI steps")
+            continue
+        in_a_row = 0
         losses[i] = v - log_det0 - float(np.sum(params["log_diag"]))
         params, state = apply(params, state, _surrogate_grad(params, L0, eps, jnp.asarray(g)))
         if progress and (i + 1) % chunk == 0:
             progress(i + 1, steps)
     loc = np.asarray(start + L0 @ params["u"])
-    return GaussianFit(loc, np.asarray(L0 @ _tril(params)), losses, pot)
+    return GaussianFit(loc, np.asarray(L0 @ _tril(params)), losses, pot, rejected=rejected)

@@ -137,3 +137,35 @@ def test_centred_batch_effects_are_the_same_model_in_other_coordinates():
     for k in spec.batch_effects:
         np.testing.assert_allclose(np.asarray(tr[f"eps_{k}"]["value"]), point[f"eps_{k}"], rtol=1e-10)
         np.testing.assert_allclose(det[f"eps_{k}"][0, 0], point[f"eps_{k}"], rtol=1e-10)
+
+
+def _toy_potential(hole):
+    """A standard normal potential in 2-D, infinite where `hole(x)` holds."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from calibration.vi import Potential
+
+    def U(x):
+        return jnp.where(hole(x), jnp.inf, 0.5 * jnp.sum(x**2))
+
+    return Potential(np.zeros(2), jax.jit(jax.value_and_grad(U)), lambda x: {"x": x}, {})
+
+
+def test_gaussian_vi_skips_rare_failing_draws_and_refuses_a_failing_region():
+    """VI on a standard normal whose potential is infinite beyond x0 > 2.9 (0.2 % of the mass):
+    the few draws there are skipped and counted, and the fit still finds N(0, I) (means within
+    0.15, SDs within 15 %). Infinite on the half-space x0 > 0 it is an error that names the count."""
+    import numpy as np
+
+    from calibration.vi import gaussian_vi
+    from twin.errors import TwinError
+
+    fit = gaussian_vi(_toy_potential(lambda x: x[0] > 2.9), np.zeros(2), np.eye(2), steps=1500, seed=0)
+    assert 0 < fit.rejected <= 0.02 * 1500
+    assert np.isnan(fit.losses).sum() == fit.rejected
+    np.testing.assert_allclose(fit.loc, 0.0, atol=0.15)
+    np.testing.assert_allclose(np.sqrt(np.diag(fit.covariance)), 1.0, rtol=0.15)
+    with pytest.raises(TwinError, match="not finite at .* draws"):
+        gaussian_vi(_toy_potential(lambda x: x[0] > 0.0), np.zeros(2), np.eye(2), steps=300, seed=0)
