@@ -261,10 +261,10 @@ def gaussian_vi(pot: Potential, loc: np.ndarray, cov: np.ndarray, *args, steps: 
                                 f"at {rejected} of {i + 1} draws, {in_a_row} in a row)",
                                 where=where, field="inference.svi_steps", value=i,
                                 hint="tighten the priors, or use fewer SVI steps")
-            continue
-        in_a_row = 0
-        losses[i] = v - log_det0 - float(np.sum(params["log_diag"]))
-        params, state = apply(params, state, _surrogate_grad(params, L0, eps, jnp.asarray(g)))
+        else:
+            in_a_row = 0
+            losses[i] = v - log_det0 - float(np.sum(params["log_diag"]))
+            params, state = apply(params, state, _surrogate_grad(params, L0, eps, jnp.asarray(g)))
         if progress and (i + 1) % chunk == 0:
             progress(i + 1, steps)
     loc = np.asarray(start + L0 @ params["u"])
