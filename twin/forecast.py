@@ -1148,8 +1148,8 @@ class _Combined(NamedTuple):
 
 
 def _weigh(e_twin: np.ndarray, v: np.ndarray, log_end: np.ndarray | None):
-    """The twin's weight against the history (None: 1), the combination's errors and model
-    variances, and their `_StructuralPosterior`."""
+    """The twin's weight against the history (`log_end` None: 1) and the
+    `_StructuralPosterior` of the combination's errors."""
     w = 1.0
     e_c = e_twin
     if log_end is not None:
@@ -1160,7 +1160,7 @@ def _weigh(e_twin: np.ndarray, v: np.ndarray, log_end: np.ndarray | None):
         if den > 0.0:
             w = float(np.clip(np.sum(e_hist * d) / den, 0.0, 1.0))
         e_c = w * e_twin + (1.0 - w) * e_hist
-    return w, e_c, w**2 * v, _StructuralPosterior.fit(e_c, w**2 * v)
+    return w, _StructuralPosterior.fit(e_c, w**2 * v)
 
 
 def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray, fit_weight: bool = True,
@@ -1175,14 +1175,14 @@ def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray, fit_weight: 
     for i in range(k):
         ok = np.flatnonzero(np.isfinite(err[i]) & np.isfinite(var[i]))
         ends = log_end[ok] if fit_weight else None
-        w, _, _, post = _weigh(err[i, ok], var[i, ok], ends)
+        w, post = _weigh(err[i, ok], var[i, ok], ends)
         out.weight[i], out.bias[i], out.sd[i] = w, post.mean_b, post.rms_s
         out.quantiles[i] = post.quantiles(at_levels)
         if ok.size >= 4:
             hit = []
             for j in range(ok.size):
                 rest = np.delete(ok, j)
-                w_j, _, _, post_j = _weigh(err[i, rest], var[i, rest],
+                w_j, post_j = _weigh(err[i, rest], var[i, rest],
                                            log_end[rest] if fit_weight else None)
                 e_j = err[i, ok[j]]
                 if fit_weight:
