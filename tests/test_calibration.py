@@ -169,3 +169,28 @@ def test_gaussian_vi_skips_rare_failing_draws_and_refuses_a_failing_region():
     np.testing.assert_allclose(np.sqrt(np.diag(fit.covariance)), 1.0, rtol=0.15)
     with pytest.raises(TwinError, match="not finite at .* draws"):
         gaussian_vi(_toy_potential(lambda x: x[0] > 0.0), np.zeros(2), np.eye(2), steps=300, seed=0)
+
+
+def test_laplace_recovers_a_gaussian_and_caps_a_flat_direction():
+    """On a Gaussian potential with variances 0.25, 0.01 and 1e4 (a direction the data leave
+    flat), the Laplace approximation finds the mode and the first two variances; the flat one is
+    capped at `max_variance` (a wide start sank VI on a real history: calibration.vi.laplace)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from calibration.vi import Potential, laplace
+
+    m = jnp.array([0.3, -0.2, 0.1])
+    prec = jnp.array([4.0, 100.0, 1e-4])
+
+    def U(x):
+        return 0.5 * jnp.sum(prec * (x - m) ** 2)
+
+    pot = Potential(np.zeros(3), jax.jit(jax.value_and_grad(U)), lambda x: {"x": x}, {})
+    mode, cov, ok = laplace(pot)
+    assert ok
+    np.testing.assert_allclose(mode[:2], m[:2], atol=1e-3)
+    np.testing.assert_allclose(np.diag(cov), [0.25, 0.01, 1.0], rtol=1e-6)
+    _, cov2, _ = laplace(pot, max_variance=4.0)
+    np.testing.assert_allclose(np.diag(cov2), [0.25, 0.01, 4.0], rtol=1e-6)
