@@ -2,7 +2,9 @@
 
 Measured in one run (each part optional):
   svi      SVI (full-rank Gaussian VI from the Laplace approximation, calibration.vi) on the
-           12 demo IndPenSim batches: wall time, compilation included.
+           12 demo IndPenSim batches: wall time, compilation included, twice: with an empty
+           compilation cache (a first run on a machine: `svi_wall_s`) and again with the cache
+           the first run filled (any later run: `svi_wall_warm_s`; see twin/__init__.py).
   nuts     NUTS, 2 chains in parallel processes, on the same batches: wall time, r-hat,
            divergences, bulk ESS per second; SVI means vs NUTS (in NUTS posterior SDs).
   holdout  leave-batches-out on the demo history (folds of 4 held-out batches, SVI fit on the
@@ -23,11 +25,15 @@ recovery >= 0.85.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,6 +57,21 @@ def run_svi(steps: int, samples: int):
     t = time.perf_counter()
     res = calibrate(spec, method="svi", svi_steps=steps, samples=samples)
     return res, time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def empty_compilation_cache():
+    """JAX's persistent compilation cache in a fresh temporary folder (so that a timing is that
+    of a first run), the previous setting restored after."""
+    before = jax.config.jax_compilation_cache_dir
+    with tempfile.TemporaryDirectory(prefix="twin-jax-cache-") as tmp:
+        jax.config.update("jax_compilation_cache_dir", tmp)
+        compilation_cache.reset_cache()
+        try:
+            yield
+        finally:
+            jax.config.update("jax_compilation_cache_dir", before)
+            compilation_cache.reset_cache()
 
 
 def run_nuts(warmup: int, samples: int, chains: int):
@@ -128,10 +149,14 @@ def main(argv=None):
     head = {}
     svi = nuts = None
     if "svi" in parts:
-        svi, wall = run_svi(a.svi_steps, max(a.samples, 200))
+        with empty_compilation_cache():
+            svi, wall = run_svi(a.svi_steps, max(a.samples, 200))
+            _, warm = run_svi(a.svi_steps, max(a.samples, 200))
         head["svi_wall_s"] = round(wall, 1)
-        print(f"SVI: {wall:.1f} s for {svi.spec.inference['svi_steps']} steps after "
-              f"{svi.spec.inference['laplace_starts']} Laplace starts (solver step {svi.spec.inference['dt']} h)", flush=True)
+        head["svi_wall_warm_s"] = round(warm, 1)
+        print(f"SVI: {wall:.1f} s (compilation cache empty), {warm:.1f} s (filled) for "
+              f"{svi.spec.inference['svi_steps']} steps after {svi.spec.inference['laplace_starts']} "
+              f"Laplace starts (solver step {svi.spec.inference['dt']} h)", flush=True)
     if "nuts" in parts:
         nuts, wall = run_nuts(a.warmup, a.samples, a.chains)
         d = check(nuts.idata)
