@@ -21,7 +21,9 @@ differentiation variational inference, JMLR 18(14).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
@@ -157,19 +159,28 @@ def best_laplace(pot: Potential, *args, starts: int = 4, seed: int = 0, x0: np.n
 
     Why: a kinetic model fitted to fed-batch data can have several modes (on the IndPenSim
     history, a slow-growth/low-yield one and a fast-growth/high-yield one; which one L-BFGS finds
-    depends on where it starts). Returns `(mode, covariance, ok, record)`, `record` holding each
+    depends on where it starts). The searches run in threads, one per core (the result does not
+    depend on it). Returns `(mode, covariance, ok, record)`, `record` holding each
     start's potential, evidence and largest gradient component."""
     base = pot.x0 if x0 is None else np.asarray(x0)
     rng = np.random.default_rng(seed)
-    best, record = None, []
-    for k in range(max(starts, 1)):
-        start = base if k == 0 else base + spread * rng.standard_normal(base.shape)
+    points = [base if k == 0 else base + spread * rng.standard_normal(base.shape) for k in range(max(starts, 1))]
+    pot(base, *args)  # compile once, before the threads
+
+    def one(start):
         mode, cov, ok = laplace(pot, *args, x0=start, **kw)
         v, g = pot(mode, *args)
         logdet = float(np.linalg.slogdet(cov)[1])
         ev = -v + 0.5 * logdet if ok and np.isfinite(v) else -np.inf
-        record.append({"start": k, "potential": float(v), "log_evidence": float(ev),
-                       "max_abs_grad": float(np.max(np.abs(g)))})
+        return mode, cov, ok, ev, {"potential": float(v), "log_evidence": float(ev),
+                                   "max_abs_grad": float(np.max(np.abs(g)))}
+
+    # the compiled potential releases the GIL: one search per core (2 cores: twice as fast)
+    with cf.ThreadPoolExecutor(max_workers=max(1, min(len(points), os.cpu_count() or 1))) as ex:
+        results = list(ex.map(one, points))
+    best, record = None, []
+    for k, (mode, cov, ok, ev, rec) in enumerate(results):
+        record.append({"start": k, **rec})
         if best is None or ev > best[3]:
             best = (mode, cov, ok, ev)
     return best[0], best[1], best[2], record

@@ -33,8 +33,17 @@ def _compilation_cache() -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: compile every time, as before
         return
+    try:  # JAX keeps the size limit only with filelock (a dependency of twin)
+        import filelock  # noqa: F401
+    except ImportError:
+        return
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+    # a computation compiled before this import (numpyro compiles a few) has already set the
+    # cache up without a folder; start it again with this one
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
 
 
 _compilation_cache()
