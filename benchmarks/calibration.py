@@ -154,6 +154,7 @@ def main(argv=None):
             _, warm = run_svi(a.svi_steps, max(a.samples, 200))
         head["svi_wall_s"] = round(wall, 1)
         head["svi_wall_warm_s"] = round(warm, 1)
+        head["svi_final_loss"] = round(float(svi.idata.attrs["svi_final_loss"]), 2)
         print(f"SVI: {wall:.1f} s (compilation cache empty), {warm:.1f} s (filled) for "
               f"{svi.spec.inference['svi_steps']} steps after {svi.spec.inference['laplace_starts']} "
               f"Laplace starts (solver step {svi.spec.inference['dt']} h)", flush=True)

@@ -134,7 +134,8 @@ def _svi(spec, data, *, steps: int, seed: int, progress: Callable | None = None,
                                          iterations=int(spec.inference["laplace_iterations"]))
     if not ok:  # start from the prior medians with unit scales instead
         mode, cov = pot.x0, np.eye(pot.dim)
-    fit = gaussian_vi(pot, mode, cov, steps=steps, seed=seed, progress=progress, where=spec.path)
+    fit = gaussian_vi(pot, mode, cov, steps=steps, seed=seed, draws_per_step=int(spec.inference["svi_draws"]),
+                      progress=progress, where=spec.path)
     return dataclasses.replace(fit, laplace=tuple(record))
 
 

@@ -19,7 +19,8 @@ Layout::
     [inference]     method = "nuts" | "svi"; chains, warmup, samples, dt, seed, svi_steps,
                     max_tree_depth, target_accept, warm_start (NUTS starts from an SVI fit: true),
                     laplace_starts (mode searches of the SVI start, best Laplace evidence wins: 4),
-                    laplace_iterations (L-BFGS iterations per mode search: 500)
+                    laplace_iterations (L-BFGS iterations per mode search: 500),
+                    svi_draws (draws averaged per SVI step, evaluated in threads: 2)
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ _SECTIONS = {
     "initial": None,
     "observations": None,
     "inference": {"method", "chains", "warmup", "samples", "dt", "seed", "svi_steps", "max_tree_depth",
-                  "target_accept", "warm_start", "laplace_starts", "laplace_iterations"},
+                  "target_accept", "warm_start", "laplace_starts", "laplace_iterations", "svi_draws"},
 }
 
 
@@ -213,12 +214,13 @@ def load_strain(path: str | Path) -> StrainSpec:
 
     inf = {"method": "nuts", "chains": 2, "warmup": 300, "samples": 500, "dt": 0.5, "seed": 0,
            "svi_steps": 2000, "max_tree_depth": 8, "target_accept": 0.85,
-           "laplace_starts": 4, "laplace_iterations": 500,
+           "laplace_starts": 4, "laplace_iterations": 500, "svi_draws": 2,
            "warm_start": True}
     inf.update(raw.get("inference", {}))
     if inf["method"] not in ("nuts", "svi"):
         raise _err("must be 'nuts' or 'svi'", path, "inference.method", inf["method"])
-    for k in ("chains", "warmup", "samples", "svi_steps", "max_tree_depth", "laplace_starts", "laplace_iterations"):
+    for k in ("chains", "warmup", "samples", "svi_steps", "max_tree_depth", "laplace_starts", "laplace_iterations",
+              "svi_draws"):
         if not isinstance(inf[k], int) or inf[k] < 1:
             raise _err("must be a whole number >= 1", path, f"inference.{k}", inf[k])
     _num(inf["dt"], path, "inference.dt", positive=True)

@@ -241,10 +241,12 @@ def _surrogate_grad(params, L0, eps, g):
 
 
 def gaussian_vi(pot: Potential, loc: np.ndarray, cov: np.ndarray, *args, steps: int, seed: int,
-                learning_rate: float = 0.01, progress: Callable[[int, int], None] | None = None,
-                where=None) -> GaussianFit:
+                learning_rate: float = 0.01, draws_per_step: int = 1,
+                progress: Callable[[int, int], None] | None = None, where=None) -> GaussianFit:
     """Full-rank Gaussian VI from `N(loc, cov)` (usually the Laplace approximation): `steps` Adam
-    steps in coordinates whitened by `cov`, learning rate decaying tenfold over the run.
+    steps in coordinates whitened by `cov`, learning rate decaying tenfold over the run. Each step
+    averages the gradients of `draws_per_step` draws, evaluated in threads (one per core: on 2
+    cores, 2 draws cost about what 1 does).
 
     A draw at which the potential is not finite (the simulation fails for parameters far in the
     tail) is rejected: that step makes no update, and the count is kept (`GaussianFit.rejected`).
@@ -270,24 +272,34 @@ def gaussian_vi(pot: Potential, loc: np.ndarray, cov: np.ndarray, *args, steps: 
     losses = np.empty(steps)
     chunk = max(steps // 50, 1)
     log_det0 = float(np.sum(np.log(np.diag(np.asarray(L0)))))
+    k = max(int(draws_per_step), 1)
+    total = steps * k
     rejected = in_a_row = 0
-    for i in range(steps):
-        eps = jnp.asarray(rng.standard_normal(n))
-        v, g = pot(_draw(params, L0, start, eps), *args)
-        if not (np.isfinite(v) and np.all(np.isfinite(g))):
-            rejected += 1
-            in_a_row += 1
-            losses[i] = np.nan
-            if in_a_row > MAX_CONSECUTIVE_REJECTED or rejected > MAX_REJECTED_FRACTION * steps:
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, min(k, os.cpu_count() or 1))) if k > 1 else None
+    try:
+        for i in range(steps):
+            eps = [jnp.asarray(rng.standard_normal(n)) for _ in range(k)]
+            xs = [_draw(params, L0, start, e) for e in eps]
+            evals = list(pool.map(lambda x: pot(x, *args), xs)) if pool else [pot(xs[0], *args)]
+            good = [(e, v, g) for e, (v, g) in zip(eps, evals) if np.isfinite(v) and np.all(np.isfinite(g))]
+            rejected += k - len(good)
+            in_a_row = in_a_row + k - len(good) if len(good) < k else 0
+            if in_a_row > MAX_CONSECUTIVE_REJECTED or rejected > MAX_REJECTED_FRACTION * total:
                 raise TwinError(f"variational inference diverged (the log posterior is not finite "
-                                f"at {rejected} of {i + 1} draws, {in_a_row} in a row)",
+                                f"at {rejected} of {(i + 1) * k} draws, {in_a_row} in a row)",
                                 where=where, field="inference.svi_steps", value=i,
                                 hint="tighten the priors, or use fewer SVI steps")
-        else:
-            in_a_row = 0
-            losses[i] = v - log_det0 - float(np.sum(params["log_diag"]))
-            params, state = apply(params, state, _surrogate_grad(params, L0, eps, jnp.asarray(g)))
-        if progress and (i + 1) % chunk == 0:
-            progress(i + 1, steps)
+            if not good:
+                losses[i] = np.nan
+            else:
+                losses[i] = np.mean([v for _, v, _ in good]) - log_det0 - float(np.sum(params["log_diag"]))
+                grads = [_surrogate_grad(params, L0, e, jnp.asarray(g)) for e, _, g in good]
+                grads = jax.tree_util.tree_map(lambda *a: sum(a) / len(a), *grads)
+                params, state = apply(params, state, grads)
+            if progress and (i + 1) % chunk == 0:
+                progress(i + 1, steps)
+    finally:
+        if pool:
+            pool.shutdown()
     loc = np.asarray(start + L0 @ params["u"])
     return GaussianFit(loc, np.asarray(L0 @ _tril(params)), losses, pot, rejected=rejected)
