@@ -42,7 +42,7 @@ __all__ = ["Potential", "potential", "laplace", "best_laplace", "GaussianFit", "
 
 
 MAX_REJECTED_FRACTION = 0.02
-"""Largest fraction of VI steps whose draw may have a non-finite potential (`gaussian_vi`)."""
+"""Largest fraction of VI draws that may have a non-finite potential (`gaussian_vi`)."""
 MAX_CONSECUTIVE_REJECTED = 10
 """Most VI draws in a row with a non-finite potential before the fit counts as diverged."""
 
@@ -109,10 +109,10 @@ def laplace(pot: Potential, *args, x0: np.ndarray | None = None, iterations: int
     `max_variance` (unconstrained units: 1 is the prior variance of the standard-normal
     non-centred sites). Why: the simulation's kinks (a rate switched off at zero, a substrate
     limited to what is there) make the gradient jump on scales below `h`; the differenced Hessian
-    of a 12-batch IndPenSim fit then had an eigenvalue of -1057 (step 1e-4) where the curvature
-    along that direction is about +800. Clipped to a tiny positive value it gave that direction a
-    standard deviation of 3.2, 83 % of the Gaussian's draws were more than 100 nats above the mode,
-    and the VI started from it ran away. A start that is too narrow only costs VI a few steps
+    of an 8-batch IndPenSim fit (a holdout fold of benchmarks/calibration.py) had an eigenvalue of
+    -1057 (step 1e-4) where the curvature along that direction is about +800. Clipped to a tiny
+    positive value it gave that direction a standard deviation of 3.2, 83 % of the Gaussian's
+    draws were more than 100 nats above the mode, and the VI started from it ran away. A start that is too narrow only costs VI a few steps
     (the entropy term widens it); one that is too wide can sink it.
 
     L-BFGS-B also stops when the potential stops falling (its relative-reduction test) with the
@@ -195,7 +195,8 @@ class GaussianFit:
         losses: the negative ELBO (up to a constant) at each VI step, one draw each.
         potential: what it approximates.
         laplace: the mode searches it started from (see `best_laplace`), if recorded.
-        rejected: VI steps whose draw had a non-finite potential (skipped; `losses` NaN there).
+        rejected: VI draws with a non-finite potential (skipped; `losses` NaN at steps where
+            every draw was).
     """
 
     loc: np.ndarray
@@ -249,8 +250,9 @@ def gaussian_vi(pot: Potential, loc: np.ndarray, cov: np.ndarray, *args, steps: 
     cores, 2 draws cost about what 1 does).
 
     A draw at which the potential is not finite (the simulation fails for parameters far in the
-    tail) is rejected: that step makes no update, and the count is kept (`GaussianFit.rejected`).
-    More than `MAX_REJECTED_FRACTION` of the steps, or `MAX_CONSECUTIVE_REJECTED` in a row, means
+    tail) is rejected: the step averages the others (no update if none is left), and the count is
+    kept (`GaussianFit.rejected`).
+    More than `MAX_REJECTED_FRACTION` of the draws, or `MAX_CONSECUTIVE_REJECTED` in a row, means
     the approximation sits where the model cannot be evaluated, and is an error.
 
     Raises:
