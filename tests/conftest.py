@@ -6,9 +6,10 @@ number of recipe phases and saved times, solver options), so tests change parame
 *values* on the shipped structures rather than building new ones.
 
 JAX's persistent compilation cache (`.jax_cache/` in the repository, gitignored) is on, but it
-only keeps computations without host callbacks: the diffrax solves are not kept, because
-diffrax checks traced `t0`, `t1` and `SaveAt(ts)` with `eqx.error_if`, which compiles to a
-callback (with `EQX_ON_ERROR=nan` they would be kept, at the price of NaN instead of errors).
+only keeps computations without host callbacks: the fixed-grid solves (calibration, forecast,
+optimisation) are kept; the diffrax solves are not, because diffrax checks traced `t0`, `t1`
+and `SaveAt(ts)` with `eqx.error_if`, which compiles to a callback (with `EQX_ON_ERROR=nan`
+they would be kept, at the price of NaN instead of errors).
 """
 
 from __future__ import annotations
