@@ -139,18 +139,21 @@ def test_centred_batch_effects_are_the_same_model_in_other_coordinates():
         np.testing.assert_allclose(det[f"eps_{k}"][0, 0], point[f"eps_{k}"], rtol=1e-10)
 
 
-def _toy_potential(hole):
-    """A standard normal potential in 2-D, infinite where `hole(x)` holds."""
+def _potential(U, dim: int):
+    """`calibration.vi.Potential` of `U` on R^dim (one site, `x`), starting at 0."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from calibration.vi import Potential
 
-    def U(x):
-        return jnp.where(hole(x), jnp.inf, 0.5 * jnp.sum(x**2))
+    return Potential(np.zeros(dim), jax.jit(jax.value_and_grad(U)), lambda x: {"x": x}, {})
 
-    return Potential(np.zeros(2), jax.jit(jax.value_and_grad(U)), lambda x: {"x": x}, {})
+
+def _toy_potential(hole):
+    """A standard normal potential in 2-D, infinite where `hole(x)` holds."""
+    import jax.numpy as jnp
+
+    return _potential(lambda x: jnp.where(hole(x), jnp.inf, 0.5 * jnp.sum(x**2)), 2)
 
 
 def test_gaussian_vi_skips_rare_failing_draws_and_refuses_a_failing_region():
@@ -175,19 +178,14 @@ def test_laplace_recovers_a_gaussian_and_caps_a_flat_direction():
     """On a Gaussian potential with variances 0.25, 0.01 and 1e4 (a direction the data leave
     flat), the Laplace approximation finds the mode and the first two variances; the flat one is
     capped at `max_variance` (a wide start sank VI on a real history: calibration.vi.laplace)."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from calibration.vi import Potential, laplace
+    from calibration.vi import laplace
 
     m = jnp.array([0.3, -0.2, 0.1])
     prec = jnp.array([4.0, 100.0, 1e-4])
-
-    def U(x):
-        return 0.5 * jnp.sum(prec * (x - m) ** 2)
-
-    pot = Potential(np.zeros(3), jax.jit(jax.value_and_grad(U)), lambda x: {"x": x}, {})
+    pot = _potential(lambda x: 0.5 * jnp.sum(prec * (x - m) ** 2), 3)
     mode, cov, ok = laplace(pot)
     assert ok
     np.testing.assert_allclose(mode[:2], m[:2], atol=1e-3)
@@ -200,20 +198,15 @@ def test_gaussian_vi_with_two_draws_per_step_recovers_a_correlated_gaussian():
     """Two draws per step (evaluated in threads): VI from a rough start (unit covariance, mean
     off by 0.3) finds N(m, S) with correlation 0.8 (means within 0.08, covariance within 0.1,
     three seeds; with one draw per step the mean is off by 0.07-0.13)."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from calibration.vi import Potential, gaussian_vi
+    from calibration.vi import gaussian_vi
 
     m = jnp.array([0.5, -1.0])
     S = jnp.array([[1.0, 0.8], [0.8, 1.0]])
     P = jnp.linalg.inv(S)
-
-    def U(x):
-        return 0.5 * (x - m) @ P @ (x - m)
-
-    pot = Potential(np.zeros(2), jax.jit(jax.value_and_grad(U)), lambda x: {"x": x}, {})
+    pot = _potential(lambda x: 0.5 * (x - m) @ P @ (x - m), 2)
     for seed in range(3):
         fit = gaussian_vi(pot, np.array([0.8, -0.7]), np.eye(2), steps=1500, seed=seed, draws_per_step=2)
         assert fit.rejected == 0

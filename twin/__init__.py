@@ -27,15 +27,15 @@ def _compilation_cache() -> None:
         return
     if jax.config.jax_compilation_cache_dir:  # the user's own setting
         return
+    try:  # JAX keeps the size limit only with filelock (a dependency of twin)
+        import filelock  # noqa: F401
+    except ImportError:
+        return
     base = os.environ.get("TWIN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twin"
     path = Path(base) / "jax"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: compile every time, as before
-        return
-    try:  # JAX keeps the size limit only with filelock (a dependency of twin)
-        import filelock  # noqa: F401
-    except ImportError:
         return
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)

@@ -1182,8 +1182,7 @@ def _combine(err: np.ndarray, var: np.ndarray, log_end: np.ndarray, fit_weight: 
             hit = []
             for j in range(ok.size):
                 rest = np.delete(ok, j)
-                w_j, post_j = _weigh(err[i, rest], var[i, rest],
-                                           log_end[rest] if fit_weight else None)
+                w_j, post_j = _weigh(err[i, rest], var[i, rest], log_end[rest] if fit_weight else None)
                 e_j = err[i, ok[j]]
                 if fit_weight:
                     e_j = w_j * e_j + (1.0 - w_j) * (log_end[ok[j]] - np.mean(log_end[rest]))
