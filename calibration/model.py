@@ -79,7 +79,8 @@ def recipe_from_record(record, recipe: Recipe, dt: float,
     """The recipe a batch actually ran: recorded online feeds (held piecewise-constant between
     samples) replace the planned profiles of flows the historian records; setpoints come from
     the batch's recipe. Recorded acid and base flows count as water (volume only). Breakpoints
-    are snapped to the `dt` grid."""
+    are snapped to the `dt` grid. A recorded precursor feed switches the recipe's precursor loop
+    off (`precursor_setpoint` 0): the record already holds the flow the plant's loop chose."""
     profiles = dict(recipe.profiles)
     for var in recorded:
         if var not in record.variables():
@@ -99,6 +100,11 @@ def recipe_from_record(record, recipe: Recipe, dt: float,
             v = np.concatenate([[v[0]], v])
         end = max(float(recipe.profiles[var].end), float(t_grid[-1]) + dt)
         profiles[var] = Profile(jnp.asarray(t_grid), jnp.asarray(end), jnp.asarray(v), jnp.asarray(v))
+        if var == "precursor_feed":
+            # the recorded flow is what the plant's precursor loop did: no loop in the twin on top
+            sp = recipe.profiles["precursor_setpoint"]
+            profiles["precursor_setpoint"] = Profile(sp.start, sp.end, jnp.zeros_like(sp.value),
+                                                     jnp.zeros_like(sp.value_end))
     return Recipe(profiles)
 
 

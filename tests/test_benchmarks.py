@@ -141,3 +141,17 @@ def test_smoothness_reference_until_must_precede_the_saved_times(capsys):
         _load("smoothness").main(["--reference-until", "26", "--times", "24,230", "--n", "3"])
     err = capsys.readouterr().err
     assert "--reference-until 26: every saved time must come after it (--times 24,230)" in err
+
+
+def test_closed_loop_sugar_stall_counts_hours_of_piled_up_sugar():
+    """A plant run whose sugar piles up above 0.05 g/L for 4 h after 30 h stalls 4 h; sugar
+    before 30 h (the batch phase) does not count."""
+    import numpy as np
+    import pandas as pd
+
+    t = np.round(np.arange(0.0, 100.0 + 1e-9, 0.2), 1)
+    sugar = np.full_like(t, 0.002)
+    sugar[t < 20] = 5.0
+    sugar[(t > 80) & (t <= 84)] = 3.0
+    stall = _load("closed_loop").sugar_stall_h(pd.DataFrame({"time_h": t, "substrate": sugar}))
+    assert stall == pytest.approx(4.0, abs=1e-9)

@@ -102,6 +102,11 @@ def test_refuses_agitation_and_late_precursor():
         check_recipe(late)
     with pytest.raises(RecipeError, match="aeration must be > 0"):
         check_recipe(rec.with_profile("aeration", constant_profile(0.0, 0.0, 230.0)))
+    # the plant's PAA loop: 1.2 g/L from 9.8 h, nothing else (0 leaves it running as always)
+    check_recipe(rec.with_profile("precursor_setpoint", constant_profile(0.0, 0.0, 230.0)))
+    for bad in ([(0.0, 10.0, 0.0), (10.0, 230.0, 1.5)], [(0.0, 5.0, 0.0), (5.0, 230.0, 1.2)]):
+        with pytest.raises(RecipeError, match="field 'precursor_setpoint'.*holds 1.2 g/L from 9.8 h"):
+            check_recipe(rec.with_profile("precursor_setpoint", _profile(bad)))
     with pytest.raises(ParameterError, match="fault"):
         run_batch(rec, seed=1, fault=9)
     with pytest.raises(ParameterError, match="duration_h"):

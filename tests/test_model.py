@@ -97,6 +97,68 @@ def test_all_flows_case_exercises_every_flow(all_flows_traj):
         assert getattr(L, name) > 0, name
 
 
+# ----------------------------------------------------------------------------- precursor loop
+
+
+def _held(pen, setpoint, *, hold_time=5.0, max_flow=1e9):
+    """The penicillin-like batch with its precursor held at `setpoint` g/L by the loop."""
+    model = set_parameters(pen.model, {"feeds.precursor_hold_time": hold_time,
+                                       "feeds.precursor_max_flow": max_flow})
+    recipe = set_profile(pen.recipe, "precursor_setpoint", setpoint)
+    return run(pen, model=model, recipe=recipe), recipe
+
+
+def test_precursor_loop_follows_its_first_order_law(pen):
+    """While its flow is positive and below the pump limit, the loop makes dc/dt = (c_sp - c)/tau
+    exactly, whatever the growth, uptake, feeds, draws and evaporation: from 0.5 g/L towards
+    1.5 g/L with tau = 5 h, c(t) = 1.5 - exp(-t/5) (to the reference solver's tolerance). Near
+    the set-point, before the sugar feed starts, evaporation alone concentrates the broth faster
+    than the law asks: the loop then feeds nothing (it cannot remove precursor) and the
+    concentration runs ahead of the law, up to the set-point."""
+    traj, _ = _held(pen, 1.5)
+    t = np.asarray(traj.ts)
+    c = np.asarray(traj.concentration("precursor"))
+    flow = np.asarray(traj.controls.precursor_feed)
+    assert float(pen.y0.precursor / pen.y0.volume) == pytest.approx(0.5)
+    first_idle = int(np.argmax(flow <= 0.0))
+    assert t[first_idle] >= 20.0  # four time constants of the law before the loop idles
+    law = slice(0, first_idle - 1)  # the saved point before the first idle one may straddle it
+    np.testing.assert_allclose(c[law], 1.5 - np.exp(-t[law] / 5.0), rtol=0, atol=1e-7)
+    assert (flow[: first_idle - 1] > 0).all()
+    assert c.max() < 1.5 + 1e-9 and c[t >= 60].min() > 1.5 - 1e-4  # held once the feeds run
+
+
+def test_precursor_loop_is_limited_by_its_pump(pen):
+    """With a pump of a fifth of the largest flow the loop wants, the flow never exceeds the
+    limit, sits at it only while the concentration is short of the set-point, and late in the
+    batch cannot keep up with the uptake."""
+    free, _ = _held(pen, 1.5)
+    limit = 0.2 * float(np.max(np.asarray(free.controls.precursor_feed)))
+    traj, _ = _held(pen, 1.5, max_flow=limit)
+    flow = np.asarray(traj.controls.precursor_feed)
+    c = np.asarray(traj.concentration("precursor"))
+    assert flow.max() <= limit * (1 + 1e-12)
+    at_limit = flow >= limit * (1 - 1e-9)
+    assert at_limit.sum() > 10
+    assert (c[at_limit] < 1.5).all()  # at the limit only while short of the set-point
+    assert c[-1] < 0.1  # late, the culture takes up more than the pump can give
+
+
+def test_precursor_loop_keeps_the_balances(pen):
+    """The loop's flow enters the precursor and the volume ledgers alike: the volume fed minus
+    the recipe's other feeds is exactly the precursor fed over the feed concentration."""
+    traj, recipe = _held(pen, 1.5)
+    L = traj.states.ledger
+    f = pen.model.feeds
+    others = sum(float(recipe.total(v)) for v in ("substrate_feed", "oil_feed", "water_feed"))
+    prec_L = float(L.precursor_fed[-1]) / float(f.precursor_conc)
+    # the loop, not the recipe's 6 L/h, decided the flow
+    assert abs(prec_L / float(recipe.total("precursor_feed")) - 1.0) > 0.1
+    np.testing.assert_allclose(float(L.volume_fed[-1]) - others, prec_L, rtol=1e-9)
+    rhs = pen.y0.volume + L.volume_fed - L.volume_drawn - L.volume_evaporated
+    np.testing.assert_allclose(traj.states.volume, rhs, rtol=0, atol=BALANCE_RTOL * float(L.volume_fed[-1]))
+
+
 # ----------------------------------------------------------------------------- analytic limits
 
 
@@ -182,7 +244,7 @@ def _random_states(key, n):
     c = Controls(substrate_feed=u(ks[6], 0, 100), oil_feed=jnp.zeros(n), precursor_feed=jnp.zeros(n),
                  water_feed=jnp.zeros(n), draw=jnp.zeros(n), temperature=u(ks[7], 20.0, 36.0),
                  pH=u(ks[8], 5.5, 7.5), aeration=u(ks[9], 1e4, 4e6), agitation=u(ks[6], 30.0, 250.0),
-                 back_pressure=u(ks[7], 0.0, 1.0))
+                 back_pressure=u(ks[7], 0.0, 1.0), precursor_setpoint=jnp.zeros(n))
     return y, c
 
 

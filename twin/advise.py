@@ -375,6 +375,10 @@ def _operator_recipe(record: BatchRecord, plan: Recipe, at: float, *, dt: float,
              "pH_flows": np.zeros(steps)}
     base = running_recipe(bare, plan, at, dt=dt, t_end=t_end, future_flows=flows)
     profiles = dict(base.profiles)
+    # the plan's precursor loop runs again after `at` (before it, the record holds its flows)
+    sp = np.where(edges[:-1] >= at - 1e-9, _step_means(plan.profiles["precursor_setpoint"], edges), 0.0)
+    profiles["precursor_setpoint"] = Profile(jnp.asarray(edges[:-1]), jnp.asarray(float(edges[-1])),
+                                             jnp.asarray(sp), jnp.asarray(sp))
     if advised is not None:
         for v in spec.variables:
             profiles[v.name] = advised.profiles[v.name]

@@ -356,7 +356,9 @@ def running_recipe(record: BatchRecord, plan: Recipe, at: float, *, dt: float, t
     `at`, or where a variable was not recorded: the plan's mean over the step (material totals
     are kept). The flows the plant's controllers decide (precursor feed; acid and base, which
     count as water) continue after `at` at their mean over the last `recent_h` hours, unless
-    `future_flows` gives `{"precursor_feed": (steps,), "pH_flows": (steps,)}` in L/h.
+    `future_flows` gives `{"precursor_feed": (steps,), "pH_flows": (steps,)}` in L/h. Where the
+    precursor feed is recorded, the plan's precursor loop is off (`precursor_setpoint` 0) over
+    the whole batch, past and future alike.
 
     Args:
         record: the running batch (internal units).
@@ -401,6 +403,8 @@ def running_recipe(record: BatchRecord, plan: Recipe, at: float, *, dt: float, t
                 fut = (future_flows or {}).get("pH_flows")
                 level = float(np.mean(ph_past[recent])) if recent.any() else 0.0
                 vals = np.where(future, vals + (level if fut is None else np.asarray(fut)), vals)
+        if var == "precursor_setpoint" and "precursor_feed" in have:
+            vals = np.zeros_like(vals)  # the precursor flows above are the loop's: no loop on top
         v = jnp.asarray(vals, dtype=float)
         profiles[var] = Profile(jnp.asarray(starts), jnp.asarray(float(edges[-1])), v, v)
     return Recipe(profiles)

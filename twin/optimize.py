@@ -536,6 +536,11 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
         "material_L": {k: {"new": budgets_new[k], "baseline": budgets_base[k],
                            "relative_difference": (budgets_new[k] / budgets_base[k] - 1) if budgets_base[k] else 0.0}
                        for k in budgets_new},
+        # what the simulated batches took in, loops included (the precursor loop's flow is decided
+        # by the broth, not by the recipe): mean over the check draws, kg
+        "material_fed_kg": {k: {"new": float(np.mean(getattr(ens_new.states.ledger, k)[:, -1])) / 1000.0,
+                                "baseline": float(np.mean(getattr(ens_base.states.ledger, k)[:, -1])) / 1000.0}
+                            for k in ("substrate_fed", "oil_fed", "precursor_fed")},
         "constraints_new_recipe": cons_new, "constraints_baseline": cons_base,
         "sensitivity_kg_per_unit": {k: v.tolist() for k, v in sens.items()},
         "phases_h": opt.edges.tolist(),

@@ -81,6 +81,12 @@ class Feeds(eqx.Module):
                                            doc="oil per litre of oil feed (density of soybean oil)")
     precursor_conc: Float[Array, ""] = parameter(unit="g/L", lower=0.0, upper=1100.0, default=0.0,
                                                  doc="precursor concentration of the precursor feed")
+    precursor_hold_time: Float[Array, ""] = parameter(
+        unit="h", lower=0.01, upper=100.0, default=1.0,
+        doc="time constant with which the precursor loop returns to its set-point")
+    precursor_max_flow: Float[Array, ""] = parameter(
+        unit="L/h", lower=0.0, upper=1e9, default=1e9,
+        doc="largest precursor flow the loop can command (its pump; default: unlimited)")
 
 
 class Outputs(eqx.Module):
@@ -210,10 +216,41 @@ class FermentationModel(eqx.Module):
                       substrate_uptake=rates.substrate_uptake, evaporation=evap, power_per_volume=pv)
         return broth, rates, out, otr
 
+    def hold_precursor(self, y: ReactorState, u: Controls, broth: Broth, r: Rates,
+                       evaporation: Float[Array, ""]) -> Controls:
+        r"""`u` with the precursor feed the loop commands where `u.precursor_setpoint` > 0.
+
+        The loop is ideal within its pump: the flow $F$ that makes the concentration return to
+        the set-point $c_{sp}$ with time constant $\tau$ (`feeds.precursor_hold_time`),
+        $\dot c = (c_{sp} - c)/\tau$, clipped to $[0, F_{max}]$ (`feeds.precursor_max_flow`):
+
+        $$F = \frac{V (c_{sp} - c)/\tau + q_{prec} X V + c\,(F_S + F_{oil} + F_W - E)}{c_F - c}$$
+
+        (draws remove broth at its own concentration and cancel). The flow enters the precursor
+        and volume balances and the ledger like any recipe flow, so the balances stay exact; the
+        simulated `controls.precursor_feed` is this flow.
+        """
+        f = self.feeds
+        V = jnp.maximum(y.volume, 1e-9)
+        c = broth.precursor
+        other = u.substrate_feed + u.oil_feed + u.water_feed - evaporation
+        need = (V * (u.precursor_setpoint - c) / f.precursor_hold_time
+                + r.precursor_uptake * broth.biomass * V + c * other)
+        flow = jnp.clip(need / jnp.maximum(f.precursor_conc - c, 1e-9), 0.0, f.precursor_max_flow)
+        on = u.precursor_setpoint > 0
+        return eqx.tree_at(lambda v: v.precursor_feed, u, jnp.where(on, flow, u.precursor_feed))
+
+    def applied_controls(self, y: ReactorState, u: Controls) -> Controls:
+        """The controls that act on the broth in state `y`: the recipe's, with the precursor
+        loop's flow where it runs (see `hold_precursor`)."""
+        broth, r, out, _ = self.algebraic(y, u)
+        return self.hold_precursor(y, u, broth, r, out.evaporation)
+
     def vector_field(self, t, y: ReactorState, recipe: Recipe) -> ReactorState:
         """d(state)/dt at time `t` (h) under `recipe`."""
         u = recipe.controls(t)
         broth, r, out, otr = self.algebraic(y, u)
+        u = self.hold_precursor(y, u, broth, r, out.evaporation)
         f = self.feeds
         X = broth.biomass
         V = jnp.maximum(y.volume, 1e-9)

@@ -165,7 +165,8 @@ def read_recipe_csv(path: str | os.PathLike, *, defaults: Mapping[str, float] | 
     Args:
         path: the CSV file.
         defaults: constant values (internal units) for variables the file does not mention;
-            without them every variable of `CONTROL_VARIABLES` must be in the file.
+            without them every variable of `CONTROL_VARIABLES` must be in the file, except those
+            with a built-in default (`precursor_setpoint`: 0, no loop).
         span: `(t0, t1)` in h that every variable must cover (and that defaults span).
 
     Raises:
@@ -246,14 +247,18 @@ def _complete(profiles: dict[str, Profile], defaults, span, *, where) -> Recipe:
     out = dict(profiles)
     for var in CONTROL_VARIABLES:
         if var not in out:
-            if defaults is None or var not in defaults or span is None:
+            info = CONTROL_VARIABLES[var]
+            given = defaults is not None and var in defaults
+            span_v = span if span is not None or not out else (
+                min(float(p.start[0]) for p in out.values()), max(float(p.end) for p in out.values()))
+            if (not given and info.default is None) or span_v is None:
                 raise RecipeError("variable missing from the recipe and no default given",
                                   where=where, field=var)
-            info, v = CONTROL_VARIABLES[var], float(defaults[var])
+            v = float(defaults[var]) if given else float(info.default)
             if not (info.lower <= v <= info.upper):
                 raise RecipeError(f"{var} must lie in [{info.lower:g}, {info.upper:g}] {info.unit}",
                                   where=where, field=f"default {var}", value=v)
-            out[var] = constant_profile(v, span[0], span[1])
+            out[var] = constant_profile(v, span_v[0], span_v[1])
     recipe = Recipe(out)
     if span is not None:
         recipe.check_covers(*span, where=where)

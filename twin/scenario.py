@@ -311,7 +311,8 @@ def load_scenario(path: str | Path, *, overrides: dict[str, Any] | None = None,
                                         span=span, where=inline_where)
             recipe = Recipe({**recipe.profiles, **{v: inline.profiles[v] for v in phases}})
     else:
-        missing = [v for v in CONTROL_VARIABLES if v not in defaults and v not in phases]
+        missing = [v for v, info in CONTROL_VARIABLES.items()
+                   if v not in defaults and v not in phases and info.default is None]
         if missing:
             raise ScenarioError("no value for some manipulated variables: give them in [controls] or "
                                 "[recipe] phases, or a [recipe] file", where=where, field="controls",

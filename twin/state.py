@@ -8,7 +8,9 @@ the algebraic value instead), and a `Ledger` of cumulative material flows, so th
 volume balance can be checked exactly and the product that left with harvest draws is counted.
 
 `Controls` holds the value of every manipulated variable at one instant; a `twin.recipe.Recipe`
-maps time to `Controls`.
+maps time to `Controls`. `precursor_setpoint` is a set-point, not a flow: where it is positive,
+the precursor feed is the one a concentration loop needs to hold it (see
+`twin.reactor.FermentationModel`), as a plant's PAA controller does.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class VariableInfo:
     lower: float = -float("inf")
     upper: float = float("inf")
     column: str = ""  # column name in trajectories.csv (name + unit)
+    default: float | None = None  # value a recipe that leaves the variable out gets (None: required)
 
     def __post_init__(self):
         if not self.column:
@@ -110,6 +113,7 @@ class Controls(eqx.Module):
     aeration: Float[Array, ""]  # L/h of gas at normal conditions (0 degC, 1.01325 bar)
     agitation: Float[Array, ""]  # rpm
     back_pressure: Float[Array, ""]  # bar (gauge)
+    precursor_setpoint: Float[Array, ""]  # g/L held by the precursor loop; 0: loop off, feed as recipe
 
 
 _S = VariableInfo
@@ -147,6 +151,9 @@ CONTROL_VARIABLES: dict[str, VariableInfo] = {
         _S("aeration", "L/h", "volume_flow", "aeration (normal gas volume flow)", 0.0),
         _S("agitation", "rpm", "agitation", "agitator speed", 0.0, 3000.0),
         _S("back_pressure", "bar", "pressure", "head-space back pressure (gauge)", 0.0, 5.0),
+        _S("precursor_setpoint", "g/L", "concentration",
+           "precursor concentration held by the feed loop (0: off, the precursor feed follows the recipe)",
+           0.0, 1000.0, default=0.0),
     )
 }
 assert tuple(CONTROL_VARIABLES) == tuple(Controls.__dataclass_fields__)

@@ -131,6 +131,7 @@ __all__ = [
     "BATCH_H",
     "AGITATION_RPM",
     "PAA_CONTROL_FROM_H",
+    "PAA_SETPOINT_G_L",
     "SUGAR_FEED_G_L",
     "Noise",
     "ONLINE_NOISE",
@@ -152,6 +153,8 @@ BATCH_H = 230.0
 N_STEPS = 1150
 AGITATION_RPM = 100.0
 PAA_CONTROL_FROM_H = 9.8  # the plant's PAA PID runs on steps k >= 50, i.e. from 9.8 h
+PAA_SETPOINT_G_L = 1.2  # its set-point (1200 mg/L)
+PAA_LOOP_RECIPE_FROM_H = 10.0  # in recipes: 9.8 h moved onto the twin's 0.5-h grid
 SUGAR_FEED_G_L = 600.0
 OIL_FEED_G_L = 1000.0
 M3_MIN_TO_L_H = 60_000.0
@@ -272,8 +275,9 @@ def default_recipe() -> Recipe:
 
     It is pensimpy's default schedule with each value applied *until* its time (as in the MATLAB
     original), the discharge pulses as 3500 L/h (about pensimpy's 4000 kg/h at 1.13 kg/L),
-    aeration in m3/min, precursor feed 5 L/h for 5 h then 0 (the plant's PAA controller from
-    9.8 h), temperature 24.85 degC (298 K), pH 6.5, agitation 100 rpm.
+    aeration in m3/min, precursor feed 5 L/h for 5 h then 0 and the plant's PAA controller
+    written as `precursor_setpoint` 1.2 g/L from 10 h (it runs from 9.8 h; 10 h is on the twin's
+    0.5-h grid), temperature 24.85 degC (298 K), pH 6.5, agitation 100 rpm.
     """
     return read_recipe_csv(default_recipe_path(), span=(0.0, BATCH_H))
 
@@ -288,11 +292,14 @@ def check_recipe(recipe: Recipe, *, duration_h: float = BATCH_H, where: object =
     Raises:
         RecipeError: a variable does not cover `[0, duration_h]`; agitation other than the
             plant's fixed 100 rpm; precursor_feed > 0 from 9.8 h (the plant's PAA controller holds
-            PAA from then on); aeration <= 0 (the plant's gassed-power correlation divides by it).
+            PAA from then on); a positive precursor_setpoint other than the plant's 1.2 g/L, or
+            before 9.8 h (its controller's fixed set-point and start; a setpoint of 0 leaves the
+            plant's loop running as always); aeration <= 0 (the plant's gassed-power correlation
+            divides by it).
     """
     recipe.check_covers(0.0, duration_h, where=where)
     for name, rule in (("agitation", "agitation"), ("precursor_feed", "precursor"),
-                       ("aeration", "aeration")):
+                       ("precursor_setpoint", "setpoint"), ("aeration", "aeration")):
         p = recipe.profiles[name]
         starts, stops = np.asarray(p.start), np.asarray(p.stops)
         v0, v1 = np.asarray(p.value), np.asarray(p.value_end)
@@ -317,6 +324,16 @@ def check_recipe(recipe: Recipe, *, duration_h: float = BATCH_H, where: object =
                         value=f"{max(v_from, x1):g} L/h on [{a:g}, {b:g}) h",
                         hint=f"end the precursor feed by {PAA_CONTROL_FROM_H:g} h and set it to 0 "
                              "after")
+            if rule == "setpoint" and max(x0, x1) > 0 and (
+                    a < PAA_CONTROL_FROM_H - 1e-9 or abs(x0 - PAA_SETPOINT_G_L) > 1e-9
+                    or abs(x1 - PAA_SETPOINT_G_L) > 1e-9):
+                raise RecipeError(
+                    f"the plant's PAA controller holds {PAA_SETPOINT_G_L:g} g/L from "
+                    f"{PAA_CONTROL_FROM_H:g} h and cannot hold another set-point or start earlier",
+                    where=where, field="precursor_setpoint",
+                    value=f"{x0:g} to {x1:g} g/L on [{a:g}, {b:g}) h",
+                    hint=f"set precursor_setpoint to 0 before {PAA_LOOP_RECIPE_FROM_H:g} h and "
+                         f"{PAA_SETPOINT_G_L:g} g/L (or 0) after")
             if rule == "aeration" and min(x0, x1) <= 0:
                 raise RecipeError("aeration must be > 0 throughout: the plant's gassed-power "
                                   "correlation divides by the gas flow", where=where,
@@ -685,8 +702,8 @@ def _pensimpy_default_phases() -> dict[str, list[tuple[float, float, float]]]:
     """pensimpy's default schedules as project phases (internal units), each value *until* its time.
 
     Used to write `indpensim_default_recipe.csv` and to test it; see `default_recipe` for the
-    three deliberate departures (draw in L/h, precursor feed left to the plant's controller,
-    set-points and agitation added).
+    deliberate departures (draw in L/h, precursor feed left to the plant's controller, whose
+    set-point is written as `precursor_setpoint` from 10 h, set-points and agitation added).
     """
     _pensimpy()
     from pensimpy.data import constants as c
@@ -716,4 +733,6 @@ def _pensimpy_default_phases() -> dict[str, list[tuple[float, float, float]]]:
         "aeration": until(c.FG_DEFAULT_PROFILE, M3_MIN_TO_L_H),
         "agitation": [(0.0, BATCH_H, AGITATION_RPM)],
         "back_pressure": until(c.PRESS_DEFAULT_PROFILE),
+        "precursor_setpoint": [(0.0, PAA_LOOP_RECIPE_FROM_H, 0.0),
+                               (PAA_LOOP_RECIPE_FROM_H, BATCH_H, PAA_SETPOINT_G_L)],
     }
