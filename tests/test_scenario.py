@@ -150,3 +150,12 @@ def test_bad_recipe_file_names_the_csv_and_row(tmp_path):
         load_scenario(path)
     msg = str(info.value)
     assert f"{csv} row 3" in msg and "substrate_feed must lie in [0, inf] L/h" in msg and "-50" in msg
+
+
+def test_precursor_setpoint_needs_a_concentrated_feed():
+    """A loop holding 1.2 g/L with a feed of 1 g/L could never reach it (and would flood the
+    vessel trying): refused, naming the feed concentration."""
+    indpensim = PENICILLIN.parent / "penicillin_indpensim.toml"
+    assert float(load_scenario(indpensim).recipe.profiles["precursor_setpoint"].value.max()) == 1.2
+    with pytest.raises(ScenarioError, match=r"field 'feeds.precursor_conc'.*set-point \(1.2 g/L\)"):
+        load_scenario(indpensim, overrides=parse_overrides(["feeds.precursor_conc=1"]))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from . import kinetics as kin
 from .errors import ParameterError, RecipeError, ScenarioError, TwinError, UnitError
@@ -319,6 +320,13 @@ def load_scenario(path: str | Path, *, overrides: dict[str, Any] | None = None,
                                 value=missing)
         recipe = recipe_from_phases(phases, defaults=defaults, span=span, where=inline_where)
     recipe.check_covers(*span, where=where)
+    sp = recipe.profiles["precursor_setpoint"]
+    top = float(max(np.max(np.asarray(sp.value)), np.max(np.asarray(sp.value_end))))
+    if top > 0 and not float(model.feeds.precursor_conc) > top:
+        raise ScenarioError("a precursor set-point needs a precursor feed more concentrated than "
+                            f"the set-point ({top:g} g/L)", where=where, field="feeds.precursor_conc",
+                            value=float(model.feeds.precursor_conc),
+                            hint="give feeds.precursor_conc, or set precursor_setpoint to 0")
 
     init = raw["initial"]
     vol = _value(init["volume"], "L", where, "initial.volume")
