@@ -112,8 +112,9 @@ def laplace(pot: Potential, *args, x0: np.ndarray | None = None, iterations: int
     of an 8-batch IndPenSim fit (a holdout fold of benchmarks/calibration.py) had an eigenvalue of
     -1057 (step 1e-4) where the curvature along that direction is about +800. Clipped to a tiny
     positive value it gave that direction a standard deviation of 3.2, 83 % of the Gaussian's
-    draws were more than 100 nats above the mode, and the VI started from it ran away. A start that is too narrow only costs VI a few steps
-    (the entropy term widens it); one that is too wide can sink it.
+    draws were more than 100 nats above the mode, and the VI started from it ran away. A start
+    that is too narrow only costs VI a few steps (the entropy term widens it); one that is too
+    wide can sink it.
 
     L-BFGS-B also stops when the potential stops falling (its relative-reduction test) with the
     gradient still large, e.g. after a long narrow valley filled its curvature memory: it is then

@@ -240,11 +240,11 @@ class FermentationModel(eqx.Module):
         on = u.precursor_setpoint > 0
         return eqx.tree_at(lambda v: v.precursor_feed, u, jnp.where(on, flow, u.precursor_feed))
 
-    def applied_controls(self, y: ReactorState, u: Controls) -> Controls:
-        """The controls that act on the broth in state `y`: the recipe's, with the precursor
-        loop's flow where it runs (see `hold_precursor`)."""
+    def acting(self, y: ReactorState, u: Controls) -> tuple[Controls, Outputs]:
+        """The controls that act on the broth in state `y` (the recipe's `u`, with the precursor
+        loop's flow where it runs: see `hold_precursor`) and the algebraic outputs there."""
         broth, r, out, _ = self.algebraic(y, u)
-        return self.hold_precursor(y, u, broth, r, out.evaporation)
+        return self.hold_precursor(y, u, broth, r, out.evaporation), out
 
     def vector_field(self, t, y: ReactorState, recipe: Recipe) -> ReactorState:
         """d(state)/dt at time `t` (h) under `recipe`."""

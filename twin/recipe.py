@@ -245,12 +245,13 @@ def _profile_from_phases(ph, where: str, var: str) -> Profile:
 
 def _complete(profiles: dict[str, Profile], defaults, span, *, where) -> Recipe:
     out = dict(profiles)
+    # a default spans `span`, or else what the given profiles span
+    span_v = span if span is not None or not out else (
+        min(float(p.start[0]) for p in out.values()), max(float(p.end) for p in out.values()))
     for var in CONTROL_VARIABLES:
         if var not in out:
             info = CONTROL_VARIABLES[var]
             given = defaults is not None and var in defaults
-            span_v = span if span is not None or not out else (
-                min(float(p.start[0]) for p in out.values()), max(float(p.end) for p in out.values()))
             if (not given and info.default is None) or span_v is None:
                 raise RecipeError("variable missing from the recipe and no default given",
                                   where=where, field=var)

@@ -139,11 +139,7 @@ def _solve_impl(model, recipe, y0, t0, t1, ts, options, n_steps):
         controls = jax.vmap(recipe.controls)(ts)
     # `model.outputs(t, y, recipe)` with the controls at ts evaluated once; the controls saved
     # are those that acted (the precursor loop's flow where it runs)
-    def at(y, u):
-        broth, rates, out, _ = model.algebraic(y, u)
-        return model.hold_precursor(y, u, broth, rates, out.evaporation), out
-
-    controls, outputs = jax.vmap(at)(states, controls)
+    controls, outputs = jax.vmap(model.acting)(states, controls)
     traj = Trajectory(ts=ts, states=states, outputs=outputs, controls=controls,
                       result=result, num_steps=num_steps)
     return traj, _failed(traj)
