@@ -46,6 +46,9 @@ ATM = 1.01325  # bar
 MOLAR_VOLUME_NORMAL = 22.414  # L/mol at 0 degC, 1 atm
 WATER_MOLAR_MASS = 18.015  # g/mol
 O2_MOLAR_MASS = 31.998  # g/mol
+CO2_HENRY_25C = 33.0  # mmol/L/bar, CO2 solubility in water at 25 degC (Sander 2015, H^cp 3.3e-4 mol/m3/Pa)
+CO2_HENRY_DT = 2400.0  # K, d ln H / d (1/T) for CO2 (Sander 2015)
+GRAVITY = 9.81  # m/s2
 
 
 class Vessel(eqx.Module):
@@ -70,6 +73,10 @@ class Vessel(eqx.Module):
                                                            doc="O2 solubility in broth / in water")
     evaporation_saturation: Float[Array, ""] = parameter(unit="-", lower=0.0, upper=1.0, default=1.0,
                                                          doc="water saturation of the exhaust gas")
+    broth_density: Float[Array, ""] = parameter(unit="kg/m3", lower=500.0, upper=2000.0, default=1000.0,
+                                                doc="broth density (hydrostatic head of the liquid)")
+    inlet_co2: Float[Array, ""] = parameter(unit="mol/mol", lower=0.0, upper=0.2, default=4.2e-4,
+                                            doc="CO2 mole fraction of the inlet gas (air: about 4.2e-4)")
 
 
 class Feeds(eqx.Module):
@@ -102,6 +109,11 @@ class Outputs(eqx.Module):
     substrate_uptake: Float[Array, ""]  # g/g/h
     evaporation: Float[Array, ""]  # L/h
     power_per_volume: Float[Array, ""]  # W/m3
+    # where the kinetics carry a CO2 balance (`kinetics.co2`), else None:
+    carbon_evolution_rate: Float[Array, ""] | None = None  # mmol/L/h
+    offgas_co2: Float[Array, ""] | None = None  # mol/mol, exhaust gas
+    dissolved_co2: Float[Array, ""] | None = None  # mmol/L
+    co2_factor: Float[Array, ""] | None = None  # -, inhibition of growth and uptake
 
 
 class AbstractOxygenBalance(eqx.Module):
@@ -148,6 +160,11 @@ def vapour_pressure_water(T):
     return 10.0 ** (8.07131 - 1730.63 / (233.426 + T)) / 750.0616
 
 
+def co2_solubility(T):
+    """CO2 solubility in water, mmol/L/bar (Henry's law, van 't Hoff temperature dependence)."""
+    return CO2_HENRY_25C * jnp.exp(CO2_HENRY_DT * (1.0 / (T + 273.15) - 1.0 / 298.15))
+
+
 def oxygen_solubility_air(T):
     """O2 solubility in water under air at 1 atm, mmol/L (APHA polynomial, 0-50 degC)."""
     T = jnp.clip(T, 0.0, 50.0)
@@ -173,12 +190,37 @@ class FermentationModel(eqx.Module):
     feeds: Feeds
     oxygen_balance: AbstractOxygenBalance = QuasiSteadyOxygen()
 
-    def broth(self, y: ReactorState, u: Controls, dissolved_oxygen) -> Broth:
+    def broth(self, y: ReactorState, u: Controls, dissolved_oxygen, dissolved_co2=0.0) -> Broth:
         v = jnp.maximum(y.volume, 1e-9)
         c = lambda m: jnp.maximum(m, 0.0) / v
         return Broth(biomass=c(y.biomass), substrate=c(y.substrate), product=c(y.product),
                      precursor=c(y.precursor), oil=c(y.oil), dissolved_oxygen=dissolved_oxygen,
-                     temperature=u.temperature, pH=u.pH)
+                     temperature=u.temperature, pH=u.pH, dissolved_co2=dissolved_co2)
+
+    def head_pressure(self, y: ReactorState, u: Controls) -> Float[Array, ""]:
+        """Log-mean absolute pressure over the liquid height, bar (top: back pressure + 1 atm;
+        bottom: plus the hydrostatic head of the broth, height = volume / cross-section)."""
+        ves = self.vessel
+        top = u.back_pressure + ATM
+        height = jnp.maximum(y.volume, 0.0) / 1000.0 / (jnp.pi * ves.tank_diameter**2 / 4.0)
+        head = ves.broth_density * GRAVITY * height / 1e5
+        small = head < 1e-6 * top
+        ratio = jnp.log1p(jnp.where(small, 1.0, head) / top)
+        return jnp.where(small, top + head / 2.0, head / jnp.where(small, 1.0, ratio))
+
+    def carbon_dioxide(self, y: ReactorState, u: Controls, biomass):
+        r"""(CER mmol/L/h, off-gas CO2 mol/mol, dissolved CO2 mmol/L) where `kinetics.co2` is set.
+
+        Quasi-steady (the gas passes in seconds to minutes): the exhaust carries the CO2 evolved,
+        $y = y_{in} + CER\,V / (1000\,\dot n_{gas})$ with $\dot n_{gas}$ the aeration in mol/h
+        (normal litres / 22.414), and the broth is in equilibrium with it at the log-mean head
+        pressure (`head_pressure`), $c = H(T)\, ar p\, y$ (`co2_solubility`).
+        """
+        co2 = self.kinetics.co2
+        cer = co2.evolution(biomass)
+        gas = jnp.maximum(u.aeration, 1e-9) / MOLAR_VOLUME_NORMAL
+        frac = jnp.minimum(self.vessel.inlet_co2 + cer * jnp.maximum(y.volume, 0.0) / (1000.0 * gas), 1.0)
+        return cer, frac, co2_solubility(u.temperature) * self.head_pressure(y, u) * frac
 
     def transfer(self, y: ReactorState, u: Controls):
         """(kLa 1/h, C* mmol/L, P/V W/m3, evaporation L/h) at the current state and controls."""
@@ -202,7 +244,11 @@ class FermentationModel(eqx.Module):
     def algebraic(self, y: ReactorState, u: Controls) -> tuple[Broth, Rates, Outputs, Float[Array, ""]]:
         """Broth, rates, outputs and oxygen transfer rate (mmol/L/h) at one instant."""
         kla, csat, pv, evap = self.transfer(y, u)
+        with_co2 = getattr(self.kinetics, "co2", None) is not None
         broth0 = self.broth(y, u, jnp.asarray(100.0))
+        if with_co2:  # CER follows biomass alone, so the CO2 needs no iteration with the rates
+            cer, offgas, dco2 = self.carbon_dioxide(y, u, broth0.biomass)
+            broth0 = eqx.tree_at(lambda b: b.dissolved_co2, broth0, dco2)
         our_max = self.kinetics.unlimited_rates(broth0).oxygen_uptake * broth0.biomass
         K = self.kinetics.oxygen.K_O / 100.0
         d = self.oxygen_balance.saturation_fraction(y, kla * csat, our_max, K)
@@ -210,10 +256,13 @@ class FermentationModel(eqx.Module):
         rates = self.kinetics.rates(broth)
         our = rates.oxygen_uptake * broth.biomass
         otr = kla * csat * (1.0 - d)
+        co2 = {} if not with_co2 else dict(carbon_evolution_rate=cer, offgas_co2=offgas,
+                                           dissolved_co2=dco2, co2_factor=self.kinetics.co2(dco2))
         out = Outputs(dissolved_oxygen=100.0 * d, oxygen_uptake_rate=our, kla=kla,
                       oxygen_saturation=csat, oxygen_factor=self.kinetics.oxygen_factor(100.0 * d),
                       growth_rate=rates.growth, production_rate=rates.production,
-                      substrate_uptake=rates.substrate_uptake, evaporation=evap, power_per_volume=pv)
+                      substrate_uptake=rates.substrate_uptake, evaporation=evap, power_per_volume=pv,
+                      **co2)
         return broth, rates, out, otr
 
     def hold_precursor(self, y: ReactorState, u: Controls, broth: Broth, r: Rates,

@@ -24,6 +24,11 @@ _OUTPUT_COLUMNS = {
     "substrate_uptake": "specific_substrate_uptake_g_g_h",
     "evaporation": "evaporation_L_h",
     "power_per_volume": "power_per_volume_W_m3",
+    # only where the model carries a CO2 balance (kinetics.co2)
+    "carbon_evolution_rate": "carbon_evolution_rate_mmol_L_h",
+    "offgas_co2": "offgas_co2_mol_mol",
+    "dissolved_co2": "dissolved_co2_mmol_L",
+    "co2_factor": "co2_factor",
 }
 
 
@@ -43,7 +48,8 @@ def trajectory_frame(traj) -> pd.DataFrame:
     for name, info in CONTROL_VARIABLES.items():
         cols[info.column] = np.asarray(getattr(traj.controls, name))
     for name, col in _OUTPUT_COLUMNS.items():
-        cols[col] = np.asarray(getattr(traj.outputs, name))
+        if getattr(traj.outputs, name) is not None:
+            cols[col] = np.asarray(getattr(traj.outputs, name))
     for name, info in LEDGER_VARIABLES.items():
         cols[info.column] = np.asarray(getattr(traj.states.ledger, name))
     return pd.DataFrame(cols)

@@ -11,7 +11,7 @@ Layout::
     [scenario]   name, title, duration_h, output_every_h
     [model]      growth = "monod" | "contois"; oxygen = "quasi_steady" | "dynamic";
                  carbon = "pirt" (growth drives uptake) | "uptake_limited" (uptake drives growth);
-                 oil = bool; precursor = bool; impellers = int
+                 oil = bool; precursor = bool; co2 = bool (dissolved-CO2 inhibition); impellers = int
     [kinetics]   culture parameters (flat: mu_max, K_X, beta_max, ...)
     [vessel]     geometry and transfer constants
     [feeds]      feed compositions
@@ -50,7 +50,7 @@ _CARBON = {"pirt": kin.PirtCarbon, "uptake_limited": kin.UptakeLimitedCarbon}
 
 _SCHEMA: dict[str, set[str]] = {
     "scenario": {"name", "title", "description", "duration_h", "output_every_h"},
-    "model": {"growth", "oxygen", "oil", "precursor", "impellers", "carbon"},
+    "model": {"growth", "oxygen", "oil", "precursor", "co2", "impellers", "carbon"},
     "kinetics": set(),  # checked against the model structure
     "vessel": set(),
     "feeds": set(),
@@ -149,7 +149,7 @@ def build_model(raw: dict, where=None) -> FermentationModel:
     if carbon_name not in _CARBON:
         raise ScenarioError(f"must be one of {sorted(_CARBON)}", where=where, field="model.carbon",
                             value=carbon_name)
-    for flag in ("oil", "precursor"):
+    for flag in ("oil", "precursor", "co2"):
         if not isinstance(m.get(flag, False), bool):
             raise ScenarioError("must be true or false", where=where, field=f"model.{flag}", value=m.get(flag))
     impellers = m.get("impellers", 1)
@@ -166,15 +166,18 @@ def build_model(raw: dict, where=None) -> FermentationModel:
         families["oil"] = kin.OilUptake
     if m.get("precursor", False):
         families["precursor"] = kin.PrecursorUptake
+    if m.get("co2", False):
+        families["co2"] = kin.CarbonDioxide
     parts = {k: _build(cls, kt, "kinetics", where, used) for k, cls in families.items()}
     unknown = sorted(set(kt) - used)
     if unknown:
         known = sorted({n for cls in families.values() for n in _fields(cls)})
         hint = f"known for this model structure: {', '.join(known)}"
-        others = {n for cls in (kin.OilUptake, kin.PrecursorUptake, kin.MonodGrowth, kin.ContoisGrowth)
-                  for n in _fields(cls)}
+        others = {n for cls in (kin.OilUptake, kin.PrecursorUptake, kin.CarbonDioxide, kin.MonodGrowth,
+                                kin.ContoisGrowth) for n in _fields(cls)}
         if set(unknown) & others:
-            hint += " (oil and precursor parameters need model.oil / model.precursor = true)"
+            hint += (" (oil, precursor and CO2 parameters need model.oil / model.precursor / "
+                     "model.co2 = true)")
         raise ScenarioError("unknown key", where=where, field=f"kinetics.{unknown[0]}", hint=hint)
     kinetics = kin.CultureKinetics(**parts, carbon=_CARBON[carbon_name]())
     vused: set[str] = set()
@@ -253,7 +256,7 @@ def _all_parameter_names(section: str) -> set[str]:
         return set(_fields(Feeds))
     classes = [kin.MonodGrowth, kin.ContoisGrowth, kin.LuedekingPiret, kin.ProductHydrolysis,
                kin.CardinalTemperature, kin.CardinalPH, kin.OxygenLimitation, kin.OxygenDemand,
-               kin.SugarUptake, kin.OilUptake, kin.PrecursorUptake]
+               kin.SugarUptake, kin.OilUptake, kin.PrecursorUptake, kin.CarbonDioxide]
     return {n for c in classes for n in _fields(c)}
 
 

@@ -1,6 +1,7 @@
 """Culture kinetics: equinox Modules, one file per family, each parameter with unit and range."""
 
 from .base import AbstractGrowth, AbstractKinetics, AbstractProduction, Broth, Rates, parameter
+from .co2 import CarbonDioxide
 from .cardinal import CardinalPH, CardinalTemperature
 from .culture import AbstractCarbonBalance, CultureKinetics, PirtCarbon, UptakeLimitedCarbon
 from .growth import ContoisGrowth, MonodGrowth
@@ -10,7 +11,7 @@ from .uptake import OilUptake, PrecursorUptake, SugarUptake
 
 __all__ = [
     "AbstractGrowth", "AbstractKinetics", "AbstractProduction", "Broth", "Rates", "parameter",
-    "CardinalPH", "CardinalTemperature", "CultureKinetics", "AbstractCarbonBalance", "PirtCarbon",
+    "CardinalPH", "CardinalTemperature", "CarbonDioxide", "CultureKinetics", "AbstractCarbonBalance", "PirtCarbon",
     "UptakeLimitedCarbon", "ContoisGrowth", "MonodGrowth",
     "OxygenDemand", "OxygenLimitation", "LuedekingPiret", "ProductHydrolysis", "OilUptake",
     "PrecursorUptake", "SugarUptake",

@@ -47,6 +47,7 @@ class Broth(eqx.Module):
     dissolved_oxygen: Float[Array, ""]  # % air saturation
     temperature: Float[Array, ""]  # degC
     pH: Float[Array, ""]  # -
+    dissolved_co2: Float[Array, ""] = 0.0  # mmol/L (0 where the model has no CO2 balance)
 
 
 class Rates(eqx.Module):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from .base import AbstractGrowth, AbstractKinetics, Broth, Rates
 from .cardinal import CardinalPH, CardinalTemperature
+from .co2 import CarbonDioxide
 from .oxygen import OxygenDemand, OxygenLimitation
 from .production import LuedekingPiret, ProductHydrolysis
 from .uptake import OilUptake, PrecursorUptake, SugarUptake
@@ -81,7 +82,7 @@ class CultureKinetics(AbstractKinetics):
     $$q_P = q_P^{*}(S, \mu)\, f_T\, f_{pH}\, f_O\, f_{prec}(C_{prec})\, r(q_C)\, s(q_C)$$
     $$q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S S/(K_m + S)$$
     $$q_{O_2} = \mu / Y_{XO} + q_P / Y_{PO} + m_O f_O$$
-    where $f = f_T f_{pH} f_O g_{tox}$. Hydrolysis is first order in product.
+    where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$. Hydrolysis is first order in product.
 
     Args:
         growth: growth law on sugar (Monod or Contois).
@@ -93,6 +94,8 @@ class CultureKinetics(AbstractKinetics):
         sugar: sugar uptake (yields, maintenance).
         oil: growth on oil, or `None` when the strain gets no oil.
         precursor: precursor limitation, toxicity and uptake, or `None`.
+        carbon: how growth, uptake and production share the carbon taken up.
+        co2: CO2 evolution and inhibition of growth and uptake by dissolved CO2, or `None`.
     """
 
     growth: AbstractGrowth
@@ -106,6 +109,7 @@ class CultureKinetics(AbstractKinetics):
     oil: OilUptake | None = None
     precursor: PrecursorUptake | None = None
     carbon: AbstractCarbonBalance = PirtCarbon()
+    co2: CarbonDioxide | None = None
 
     def oxygen_factor(self, dissolved_oxygen):
         return self.oxygen(jnp.maximum(dissolved_oxygen, 0.0))
@@ -113,6 +117,8 @@ class CultureKinetics(AbstractKinetics):
     def _rates(self, broth: Broth, f_o) -> Rates:
         env = self.temperature(broth.temperature) * self.ph(broth.pH)
         tox = 1.0 if self.precursor is None else self.precursor.toxicity(broth.precursor)
+        if self.co2 is not None:  # dissolved CO2 stops growth and uptake like a toxin
+            tox = tox * self.co2(broth.dissolved_co2)
         lim = 1.0 if self.precursor is None else self.precursor.limitation(broth.precursor)
         activity = env * f_o
         mu, q_s, q_oil, q_p = self.carbon.split(self, broth, activity, f_o, tox, lim)
