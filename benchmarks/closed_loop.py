@@ -15,8 +15,10 @@ The recipe handed to the plant is the twin's as written: its PAA is the plant's 
 9.8 h), so the PAA each arm uses is decided by its broth, on the plant and in the twin alike.
 Acid and base come from the plant's pH loop in both arms.
 
-Also per seed: the hours each arm's sugar stalled (`sugar_stall_h`), the plant mechanism the twin
-does not model.
+Also per seed: the hours each arm's sugar stalled (`sugar_stall_h`): the plant's dissolved-CO2
+inhibition stops uptake, which the twin models since model.co2 (scenario [sources] co2). And the
+total air of the recipe against the default's (`recipe_air_diff_pct`; the gas flow is a decision at
+equal total air).
 
 Targets (issue 5): mean gain >= +5 %, no seed worse than -1 %, volume never above 100 m3, base at
 most 10 % above the default's, equal sugar and oil. Ends with `name: value` headline lines.
@@ -115,6 +117,8 @@ def main(argv=None):
     head["plant_paa_diff_pct_mean"] = round(float(tab["paa_kg_diff_pct"].mean()), 2)
     head["plant_stall_h_recipe_mean"] = round(float(np.mean([v[0] for v in stall.values()])), 2)
     head["plant_stall_h_default_mean"] = round(float(np.mean([v[1] for v in stall.values()])), 2)
+    air = [float(r.total("aeration", 0.0, 230.0)) for r in (sc_recipe, default_recipe())]
+    head["recipe_air_diff_pct"] = round(100.0 * (air[0] / air[1] - 1.0), 3)
     head["wall_s"] = round(time.perf_counter() - t0, 1)
     for k, v in head.items():
         print(f"{k}: {v}")

@@ -123,3 +123,27 @@ def test_rounding_keeps_values_on_the_pump_grid_when_a_trust_region_bound_is_off
     np.testing.assert_allclose(r / 0.5, np.round(r / 0.5), atol=1e-9)
     assert np.all(r >= lower) and np.all(r <= upper), r
     assert abs(widths @ r - block.budget.total) <= 0.5 * 0.5 * widths.max() + 1e-9
+
+
+def test_co2_limit_needs_a_co2_model_and_is_reported_per_draw(tmp_path):
+    """`max_dissolved_co2` is refused for a model without a CO2 balance (naming the key); the
+    report gives its worst value and the fraction of draws above it, and the smooth worst case the
+    optimiser holds is never below the true maximum and at most tau log(n) above it."""
+    from types import SimpleNamespace
+
+    from twin.optimize import co2_excess, constraint_report
+
+    sc = load_scenario(_scenario(tmp_path, opt=OPT.replace("seed = 0", 'seed = 0\nmax_dissolved_co2 = "1.5 mmol/L"')))
+    with pytest.raises(OptimizeError, match=r"field 'optimize.max_dissolved_co2': the model has no CO2 balance"):
+        load_optimize_spec(sc)
+    spec = load_optimize_spec(load_scenario(_scenario(tmp_path)))
+    import dataclasses
+
+    spec = dataclasses.replace(spec, max_dissolved_co2=1.5)
+    dco2 = np.array([[0.2, 1.4, 1.2], [0.3, 1.6, 1.1], [0.1, 1.49, 1.5]])
+    traj = SimpleNamespace(outputs=SimpleNamespace(dissolved_oxygen=np.full((3, 3), 50.0), dissolved_co2=dco2),
+                           states=SimpleNamespace(volume=np.full((3, 3), 1e4)), ts=np.tile([0.0, 1.0, 2.0], (3, 1)))
+    rep = constraint_report(traj, spec)["max_dissolved_co2_mmol_L"]
+    assert rep == {"limit": 1.5, "worst": 1.6, "fraction_of_draws_violating": pytest.approx(1 / 3)}
+    g = float(co2_excess(jnp.asarray(dco2), 1.5))
+    assert (1.6 - 1.5) / 1.5 <= g <= (1.6 + 0.015 * np.log(9) - 1.5) / 1.5

@@ -77,6 +77,7 @@ from .forecast import (
 from .optimize import (
     OptimizeSpec,
     RecipeOptimizer,
+    co2_excess,
     constraint_report,
     load_optimize_spec,
 )
@@ -324,6 +325,8 @@ def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar
             tau_s = 0.02 * spec.max_substrate
             smax = tau_s * jax.nn.logsumexp(sub / tau_s)
             g.append((smax - spec.max_substrate) / spec.max_substrate)
+        if spec.max_dissolved_co2 is not None:
+            g.append(co2_excess(traj.outputs.dissolved_co2[:, keep], spec.max_dissolved_co2))
         for v in spec.variables:
             if v.max_change is not None:
                 du = controls[v.name][0] - previous[v.name]
@@ -336,6 +339,8 @@ def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar
     names.append(f"volume <= {spec.max_volume / 1000:g} m3 (smooth worst case)")
     if spec.max_substrate is not None:
         names.append(f"sugar <= {spec.max_substrate:g} g/L (smooth worst case)")
+    if spec.max_dissolved_co2 is not None:
+        names.append(f"dissolved CO2 <= {spec.max_dissolved_co2:g} mmol/L (smooth worst case)")
     for v in spec.variables:
         if v.max_change is not None:
             names += [f"step up of {v.name} at the re-plan start",

@@ -16,6 +16,7 @@ min_dissolved_oxygen = "20 %"
 max_volume = "100 m3"       # default: the vessel's working volume
 max_substrate = "1 g/L"     # optional: residual sugar limit ...
 max_substrate_after_h = 48  # ... from this time on (default start_h)
+max_dissolved_co2 = "1.55 mmol/L"  # optional, for a model with a CO2 balance (model.co2 = true)
 violation_tolerance = 0.05  # a constraint holds if at most this fraction of check draws breaks it
 trust_region = 0.15         # optional: each phase within +-15 % of the baseline's phase mean
 
@@ -62,8 +63,8 @@ class OptimizeError(TwinError):
 
 
 _KEYS = {"objective", "risk_level", "draws", "check_draws", "starts", "iterations", "start_h", "phase_h",
-         "min_dissolved_oxygen", "max_volume", "max_substrate", "max_substrate_after_h", "trust_region", "seed",
-         "violation_tolerance", "variables"}
+         "min_dissolved_oxygen", "max_volume", "max_substrate", "max_substrate_after_h", "max_dissolved_co2",
+         "trust_region", "seed", "violation_tolerance", "variables"}
 _VAR_KEYS = {"lower", "upper", "budget", "resolution", "max_change"}
 
 
@@ -95,6 +96,7 @@ class OptimizeSpec:
     trust_region: float | None
     seed: int
     variables: tuple[VariableSpec, ...]
+    max_dissolved_co2: float | None = None  # mmol/L, over the whole batch
 
 
 def _qty(raw, unit: str, where, field: str) -> float:
@@ -149,6 +151,15 @@ def load_optimize_spec(sc) -> OptimizeSpec:
         if smax <= 0:
             raise OptimizeError("must be positive", where=where, field="optimize.max_substrate", value=smax)
     s_after = _qty(raw.get("max_substrate_after_h", start), "h", where, "optimize.max_substrate_after_h")
+    cmax = raw.get("max_dissolved_co2")
+    if cmax is not None:
+        cmax = _qty(cmax, "mmol/L", where, "optimize.max_dissolved_co2")
+        if getattr(sc.model.kinetics, "co2", None) is None:
+            raise OptimizeError("the model has no CO2 balance to hold a limit on", where=where,
+                                field="optimize.max_dissolved_co2", value=cmax,
+                                hint="set model.co2 = true with its kinetics (q_CO2, CO2_crit), or drop the limit")
+        if cmax <= 0:
+            raise OptimizeError("must be positive", where=where, field="optimize.max_dissolved_co2", value=cmax)
     tol = _qty(raw.get("violation_tolerance", 0.05), "", where, "optimize.violation_tolerance")
     if not 0 <= tol < 0.5:
         raise OptimizeError("must be in [0, 0.5)", where=where, field="optimize.violation_tolerance", value=tol)
@@ -191,7 +202,7 @@ def load_optimize_spec(sc) -> OptimizeSpec:
         mc = None if mc is None else _qty(mc, unit, where, f"{f}.max_change")
         variables.append(VariableSpec(name, lo, hi, budget == "baseline", res, mc))
     return OptimizeSpec(objective, risk, ints["draws"], ints["check_draws"], ints["starts"], ints["iterations"],
-                        start, phase, do_min, vmax, smax, s_after, tol, tr, ints["seed"], tuple(variables))
+                        start, phase, do_min, vmax, smax, s_after, tol, tr, ints["seed"], tuple(variables), cmax)
 
 
 def _phase_grid(spec: OptimizeSpec, t_end: float, dt: float, where) -> np.ndarray:
@@ -340,6 +351,8 @@ class RecipeOptimizer:
             tau_s = 0.02 * self.spec.max_substrate
             smax = tau_s * jax.nn.logsumexp(sub / tau_s)
             g.append((smax - self.spec.max_substrate) / self.spec.max_substrate)
+        if self.spec.max_dissolved_co2 is not None:
+            g.append(co2_excess(traj.outputs.dissolved_co2, self.spec.max_dissolved_co2))
         return J, jnp.stack(g)
 
     @property
@@ -351,6 +364,8 @@ class RecipeOptimizer:
         if self.spec.max_substrate is not None:
             names.append(f"sugar <= {self.spec.max_substrate:g} g/L from {self.spec.max_substrate_after_h:g} h "
                          "(smooth worst case)")
+        if self.spec.max_dissolved_co2 is not None:
+            names.append(f"dissolved CO2 <= {self.spec.max_dissolved_co2:g} mmol/L (smooth worst case)")
         return tuple(names)
 
     def problem(self) -> ControlProblem:
@@ -402,6 +417,13 @@ class RecipeOptimizer:
         return g
 
 
+def co2_excess(dissolved_co2, limit: float):
+    """The dissolved-CO2 limit as a constraint g <= 0: the smooth worst case over draws and times
+    (log-sum-exp at 1 % of the limit), relative to the limit."""
+    tau = 0.01 * limit
+    return (tau * jax.nn.logsumexp(dissolved_co2 / tau) - limit) / limit
+
+
 def constraint_report(traj: Trajectory, spec: OptimizeSpec) -> dict[str, Any]:
     """Worst value over draws and time of every constraint, and the fraction of draws violating it.
     The sugar limit applies from `max_substrate_after_h` on."""
@@ -419,6 +441,11 @@ def constraint_report(traj: Trajectory, spec: OptimizeSpec) -> dict[str, Any]:
         smax = np.max((np.asarray(traj.states.substrate) / np.asarray(traj.states.volume))[:, window], axis=1)
         out["max_substrate_g_L"] = {"limit": spec.max_substrate, "worst": float(smax.max()),
                                     "fraction_of_draws_violating": float(np.mean(smax > spec.max_substrate * (1 + 1e-6)))}
+    if spec.max_dissolved_co2 is not None:
+        cmax = np.max(np.asarray(traj.outputs.dissolved_co2), axis=1)
+        out["max_dissolved_co2_mmol_L"] = {
+            "limit": spec.max_dissolved_co2, "worst": float(cmax.max()),
+            "fraction_of_draws_violating": float(np.mean(cmax > spec.max_dissolved_co2 * (1 + 1e-6)))}
     return out
 
 
@@ -576,8 +603,10 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
     hist = None if hist is None else {v: shown(v, h) for v, h in hist.items()}
     plot_recipe_vs_history(variables, ts, new_s, base_s, hist, units=units,
                            title=f"{sc.title}: new recipe vs baseline and operator history", path=out / "recipe_vs_history.png")
-    plot_outcome(ens_new, ens_base, path=out / "outcome.png", limits={
-        "dissolved_oxygen": spec.min_dissolved_oxygen, "volume": spec.max_volume / 1000},
+    limits = {"dissolved_oxygen": spec.min_dissolved_oxygen, "volume": spec.max_volume / 1000}
+    if spec.max_dissolved_co2 is not None:
+        limits["dissolved_co2"] = spec.max_dissolved_co2
+    plot_outcome(ens_new, ens_base, path=out / "outcome.png", limits=limits,
         title=f"Predicted outcome, {tot_new.shape[0]} posterior draws (new batches): expected gain "
               f"{summary['expected_gain_pct']:+.1f} % [90 %: {summary['gain_pct_90ci'][0]:+.1f}, "
               f"{summary['gain_pct_90ci'][1]:+.1f}], P(better) {summary['prob_new_beats_baseline']:.2f}")

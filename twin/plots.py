@@ -292,8 +292,8 @@ def _outcome_series(ens, name):
         return np.asarray(ens.total_product) / 1000.0
     if name == "volume":
         return np.asarray(ens.states.volume) / 1000.0
-    if name == "dissolved_oxygen":
-        return np.asarray(ens.outputs.dissolved_oxygen)
+    if name in ("dissolved_oxygen", "dissolved_co2"):
+        return np.asarray(getattr(ens.outputs, name))
     return np.asarray(getattr(ens.states, name)) / np.asarray(ens.states.volume)
 
 
@@ -302,11 +302,18 @@ def plot_outcome(ens_new, ens_base, *, title: str, path: str | os.PathLike, limi
 
     Args:
         ens_new, ens_base: vmapped `Trajectory` over the same posterior draws.
-        limits: optional `{"dissolved_oxygen": min %, "volume": max m3}` drawn as lines.
+        limits: optional `{"dissolved_oxygen": min %, "volume": max m3, "dissolved_co2": mmol/L}`
+            drawn as lines. Dissolved CO2 gets a panel where the model carries it.
     """
-    fig, axes = plt.subplots(3, 2, figsize=(12, 10), sharex=True)
+    panels = _OUTCOME_PANELS
+    if ens_new.outputs.dissolved_co2 is not None:
+        panels = panels + (("dissolved_co2", "Dissolved CO2", "mmol/L"),)
+    rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 3.3 * rows), sharex=True, squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
     ts = np.asarray(ens_new.ts)[0]
-    for ax, (name, label, unit) in zip(axes.ravel(), _OUTCOME_PANELS):
+    for ax, (name, label, unit) in zip(axes.ravel(), panels):
         for ens, color, who in ((ens_base, "0.3", "baseline"), (ens_new, "C3", "new recipe")):
             y = _outcome_series(ens, name)
             for lo, hi, a in ((5, 95, 0.15), (25, 75, 0.3)):
@@ -319,8 +326,9 @@ def plot_outcome(ens_new, ens_base, *, title: str, path: str | os.PathLike, limi
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="upper left", fontsize=8)
-    for ax in axes[-1]:
+    for ax in axes.ravel()[max(len(panels) - 2, 0):len(panels)]:
         ax.set_xlabel("time, h")
+        ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(title, fontsize=11)
     return save(fig, path)
 
