@@ -18,7 +18,6 @@ from twin.recipe import Profile
 from twin.scenario import load_scenario
 from twin.simulate import Adaptive, simulate
 
-from conftest import run  # noqa: F401
 from test_model import _random_states
 
 ROOT = Path(__file__).resolve().parents[1]

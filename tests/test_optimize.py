@@ -3,6 +3,7 @@ budgets hold exactly for any decision, infeasible set-ups are refused before a s
 end-to-end `twin optimize` on a small synthetic posterior writes a recipe that keeps the sugar
 budget, its bounds and resolution, and does not predict worse than the baseline it started from."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -136,10 +137,7 @@ def test_co2_limit_needs_a_co2_model_and_is_reported_per_draw(tmp_path):
     sc = load_scenario(_scenario(tmp_path, opt=OPT.replace("seed = 0", 'seed = 0\nmax_dissolved_co2 = "1.5 mmol/L"')))
     with pytest.raises(OptimizeError, match=r"field 'optimize.max_dissolved_co2': the model has no CO2 balance"):
         load_optimize_spec(sc)
-    spec = load_optimize_spec(load_scenario(_scenario(tmp_path)))
-    import dataclasses
-
-    spec = dataclasses.replace(spec, max_dissolved_co2=1.5)
+    spec = dataclasses.replace(load_optimize_spec(load_scenario(_scenario(tmp_path))), max_dissolved_co2=1.5)
     dco2 = np.array([[0.2, 1.4, 1.2], [0.3, 1.6, 1.1], [0.1, 1.49, 1.5]])
     traj = SimpleNamespace(outputs=SimpleNamespace(dissolved_oxygen=np.full((3, 3), 50.0), dissolved_co2=dco2),
                            states=SimpleNamespace(volume=np.full((3, 3), 1e4)), ts=np.tile([0.0, 1.0, 2.0], (3, 1)))

@@ -169,16 +169,17 @@ def ensemble(ery):
 
 
 def test_vmap_ensemble_equals_single_simulations(ery, ensemble):
-    """8 members simulated together equal 8 separate simulations to 1e-11 (relative): XLA
+    """8 members simulated together equal 8 separate simulations to 1e-10 (relative): XLA
     compiles the batched and the single program separately, and their last-bit differences grow
-    through the substrate's exhaustion to about 1e-12."""
+    through the substrate's exhaustion to about 1e-12 (3e-11 with the tests' XLA optimisation
+    level 0, where the two programs round differently)."""
     thetas = _perturbed(ery, jax.random.key(0), 8)
     ens = ensure_success(ensemble(thetas), label="ensemble")
     for i in range(8):
         one = run(ery, model=set_parameters(ery.model, dict(zip(ENSEMBLE, map(float, thetas[i])))))
         for name in ("biomass", "substrate", "product", "volume", "precursor"):
             np.testing.assert_allclose(getattr(ens.states, name)[i], getattr(one.states, name),
-                                       rtol=1e-11, atol=1e-12, err_msg=f"member {i} {name}")
+                                       rtol=1e-10, atol=1e-12, err_msg=f"member {i} {name}")
     titers = np.asarray(ens.states.product[:, -1] / ens.states.volume[:, -1])
     assert np.ptp(titers) > 0.05 * titers.mean()  # the members really differ
 

@@ -521,7 +521,7 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
     from .recipe import read_recipe_csv, sample, write_recipe_csv
     from .report import write_json
     from .scenario import load_scenario, parse_overrides
-    from .units import from_internal
+    from .units import from_internal, to_internal
 
     t0 = time.perf_counter()
     sc = load_scenario(scenario, overrides=parse_overrides(overrides))
@@ -547,7 +547,11 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
     cons_base = constraint_report(ens_base, spec)
     violated = {k: v for k, v in cons_new.items() if v["fraction_of_draws_violating"] > spec.violation_tolerance}
     budgets_new, budgets_base = _totals(new_recipe, opt.t_end), _totals(opt.baseline, opt.t_end)
-    sens = opt.sensitivity(rounded)
+    display = {"aeration": "m3/min"}
+    units = {v: display.get(v, CONTROL_VARIABLES[v].unit) for v in CONTROL_VARIABLES}
+    # kg per display unit (per m3/min of gas, not per L/h): dJ/du_display = dJ/du * du/du_display
+    sens = {v: g * float(to_internal(1.0, units[v], CONTROL_VARIABLES[v].dimension))
+            for v, g in opt.sensitivity(rounded).items()}
     summary = {
         "objective": {"kind": spec.objective, "risk_level": spec.risk_level if spec.objective == "cvar" else None,
                       "value_kg": result.objective, "optimiser_feasible": result.feasible,
@@ -570,6 +574,7 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
                             for k in ("substrate_fed", "oil_fed", "precursor_fed")},
         "constraints_new_recipe": cons_new, "constraints_baseline": cons_base,
         "sensitivity_kg_per_unit": {k: v.tolist() for k, v in sens.items()},
+        "sensitivity_units": {k: f"kg per {units[k]}" for k in sens},
         "phases_h": opt.edges.tolist(),
         "recipe_breakpoints_moved_to_grid": [list(m) for m in opt.moves],
         "provenance": {"posterior": str(posterior), "strain": draws.attrs.get("strain"),
@@ -589,8 +594,6 @@ def run_optimize(scenario: Path, posterior: Path, out: Path, *, baseline_path: P
             field=f"optimize ({name})",
             hint="tighten the limit in [optimize] (the optimiser holds a smooth worst case), or add draws")
     out.mkdir(parents=True, exist_ok=True)
-    display = {"aeration": "m3/min"}
-    units = {v: display.get(v, CONTROL_VARIABLES[v].unit) for v in CONTROL_VARIABLES}
     write_recipe_csv(new_recipe, out / "recipe.csv", units=display)
     write_json(summary, out / "summary.json")
     ts = np.arange(0.0, opt.t_end, 0.5)

@@ -15,6 +15,10 @@ rate equals the uptake rate, $k_La\,C^*(1 - d) = OUR_{max}\, d/(K + d)$, a quadr
 saturation fraction $d$ solved in closed form. `DynamicOxygen` integrates
 $\dot d = (k_La C^*(1-d) - OUR)/C^*$ instead, which is stiff and wants an implicit solver.
 
+Dissolved CO2, where the kinetics carry it (`kinetics.co2`), is quasi-steady too: the exhaust
+carries the CO2 the culture evolves, and the broth is in Henry equilibrium with the exhaust at the
+log-mean pressure over the liquid height (`FermentationModel.carbon_dioxide`).
+
 Oxygen transfer: $k_La = c\,(P_g/V)^{a}\,u_s^{b}$ (van 't Riet 1979), with gassed power
 $P_g = \phi\, n\, N_p \rho N^3 D^5$ from agitation and superficial gas velocity $u_s$ from aeration.
 Oxygen solubility in water under air at 1 atm (APHA polynomial, 0-50 degC) scales with absolute
@@ -214,7 +218,7 @@ class FermentationModel(eqx.Module):
         Quasi-steady (the gas passes in seconds to minutes): the exhaust carries the CO2 evolved,
         $y = y_{in} + CER\,V / (1000\,\dot n_{gas})$ with $\dot n_{gas}$ the aeration in mol/h
         (normal litres / 22.414), and the broth is in equilibrium with it at the log-mean head
-        pressure (`head_pressure`), $c = H(T)\, ar p\, y$ (`co2_solubility`).
+        pressure (`head_pressure`), $c = H(T)\, \bar p\, y$ (`co2_solubility`).
         """
         co2 = self.kinetics.co2
         cer = co2.evolution(biomass)
