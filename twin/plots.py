@@ -125,6 +125,12 @@ def plot_simulation(traj, *, title: str, path: str | os.PathLike, ensemble=None,
     ax.plot(ts, np.asarray(traj.outputs.oxygen_uptake_rate), color="C0", label="OUR, mmol/L/h")
     ax.plot(ts, np.asarray(traj.outputs.kla) / 10.0, color="C1", label="kLa / 10, 1/h")
     ax.set_title("Oxygen uptake and transfer", fontsize=10)
+    if traj.outputs.dissolved_co2 is not None:  # the model carries CO2: its inhibition shows here
+        ax_c = ax.twinx()
+        ax_c.plot(ts, np.asarray(traj.outputs.dissolved_co2), color="C3", lw=1.2)
+        ax_c.set_ylabel("dissolved CO2, mmol/L", color="C3", fontsize=8)
+        ax.plot([], [], color="C3", label="dissolved CO2 (right)")
+        ax.set_title("Oxygen uptake and transfer; dissolved CO2", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel("time, h")
     ax.grid(alpha=0.3)
