@@ -3,9 +3,10 @@
 1. Calibrate the twin on the 12-batch demo history (`calibration/strains/penicillin_indpensim.toml`,
    SVI) unless `--posterior` is given.
 2. `twin optimize scenarios/penicillin_indpensim.toml` (its `[optimize]` table: sugar and oil feeds
-   reshaped at equal totals within +-15 % of the default's phase means, volume <= 100 m3,
-   DO >= 40 %, residual sugar <= 1 g/L after 48 h; temperature stays at the default): the recipe
-   comes from the twin alone; the plant is not called in the loop.
+   and the gas flow reshaped at equal totals within +-15 % of the default's phase means, volume
+   <= 100 m3, DO >= 40 %, residual sugar <= 1 g/L after 48 h, dissolved CO2 <= 1.55 mmol/L;
+   temperature and back pressure stay at the default): the recipe comes from the twin alone; the
+   plant is not called in the loop.
 3. Run the recipe and the plant's default recipe on plant seeds 100-109 (never in the history,
    which used seeds 0-11 of history seed 0 -> plant seeds 0..11), paired per seed, and report per seed
    the gain in total penicillin (vessel + harvest draws), sugar, oil, PAA, base, peak volume.
