@@ -82,7 +82,8 @@ def test_ledger_fed_totals_equal_recipe_integrals(balance_case):
         (L.substrate_fed, total("substrate_feed") * float(f.substrate_conc)),
         (L.oil_fed, total("oil_feed") * float(f.oil_conc)),
         (L.precursor_fed, total("precursor_feed") * float(f.precursor_conc)),
-        (L.volume_fed, sum(total(v) for v in feeds)),
+        (L.volume_fed, sum(total(v) * (float(f.oil_volume_fraction) if v == "oil_feed" else 1.0)
+                           for v in feeds)),
         (L.volume_drawn, total("draw")),
     ]
     for got, want in pairs:
@@ -150,7 +151,8 @@ def test_precursor_loop_keeps_the_balances(pen):
     traj, recipe = _held(pen, 1.5)
     L = traj.states.ledger
     f = pen.model.feeds
-    others = sum(float(recipe.total(v)) for v in ("substrate_feed", "oil_feed", "water_feed"))
+    others = sum(float(recipe.total(v)) for v in ("substrate_feed", "water_feed"))
+    others += float(f.oil_volume_fraction) * float(recipe.total("oil_feed"))
     prec_L = float(L.precursor_fed[-1]) / float(f.precursor_conc)
     # the loop, not the recipe's 6 L/h, decided the flow
     assert abs(prec_L / float(recipe.total("precursor_feed")) - 1.0) > 0.1

@@ -3,7 +3,7 @@ r"""The fed-batch reactor: mass and volume balances, oxygen transfer, evaporatio
 The state integrates *amounts* (g) and the volume (L), so every material balance is a linear
 invariant of the vector field, which every Runge-Kutta solver preserves to round-off:
 
-$$\frac{dV}{dt} = F_S + F_{oil} + F_{prec} + F_W - F_{draw} - E(T, p, Q_{gas})$$
+$$\frac{dV}{dt} = F_S + \phi_{oil} F_{oil} + F_{prec} + F_W - F_{draw} - E$$
 $$\frac{d(XV)}{dt} = \mu X V - F_{draw} X$$
 $$\frac{d(SV)}{dt} = F_S S_F - q_S X V - F_{draw} S$$
 $$\frac{d(PV)}{dt} = q_P X V - k_h P V - F_{draw} P$$
@@ -22,8 +22,14 @@ log-mean pressure over the liquid height (`FermentationModel.carbon_dioxide`).
 Oxygen transfer: $k_La = c\,(P_g/V)^{a}\,u_s^{b}$ (van 't Riet 1979), with gassed power
 $P_g = \phi\, n\, N_p \rho N^3 D^5$ from agitation and superficial gas velocity $u_s$ from aeration.
 Oxygen solubility in water under air at 1 atm (APHA polynomial, 0-50 degC) scales with absolute
-head pressure. Evaporation: the exhaust gas leaves saturated with water at broth temperature
-(Antoine equation for the vapour pressure).
+head pressure. Evaporation has two terms: the exhaust gas leaves a fraction
+`evaporation_saturation` saturated with water at broth temperature (Antoine equation for the
+vapour pressure), $E_{gas} = \dot n_{gas}\, s\, p_w/(p - p_w)\, M_w/\rho_w$; and a term in the
+broth volume, $E_V = e_V\, V\, p_w(T)/p_w(25\,^\circ C)$ (`evaporation_per_volume`), for plants
+whose recorded volume follows a law like IndPenSim's $V \alpha (e^{2.5 (T - T_0)/(T_v - T_0)} - 1)$
+(Goldrick et al. 2015), which moves with temperature as $p_w$ does (+6 %/K near 25 degC) and not
+with gas flow or pressure. $\phi_{oil}$ (`feeds.oil_volume_fraction`) is the broth volume an oil
+feed adds per volume fed: 1 physically; 0 for a plant whose volume record leaves the oil out.
 """
 
 from __future__ import annotations
@@ -77,6 +83,9 @@ class Vessel(eqx.Module):
                                                            doc="O2 solubility in broth / in water")
     evaporation_saturation: Float[Array, ""] = parameter(unit="-", lower=0.0, upper=1.0, default=1.0,
                                                          doc="water saturation of the exhaust gas")
+    evaporation_per_volume: Float[Array, ""] = parameter(
+        unit="1/h", lower=0.0, upper=0.01, default=0.0,
+        doc="evaporation per broth volume at 25 degC, scaled by the water vapour pressure (default: none)")
     broth_density: Float[Array, ""] = parameter(unit="kg/m3", lower=500.0, upper=2000.0, default=1000.0,
                                                 doc="broth density (hydrostatic head of the liquid)")
     inlet_co2: Float[Array, ""] = parameter(unit="mol/mol", lower=0.0, upper=0.2, default=4.2e-4,
@@ -98,6 +107,10 @@ class Feeds(eqx.Module):
     precursor_max_flow: Float[Array, ""] = parameter(
         unit="L/h", lower=0.0, upper=1e9, default=1e9,
         doc="largest precursor flow the loop can command (its pump; default: unlimited)")
+    oil_volume_fraction: Float[Array, ""] = parameter(
+        unit="-", lower=0.0, upper=1.0, default=1.0,
+        doc="broth volume added per volume of oil fed (1: its own volume; 0: a volume record that "
+            "leaves the oil out, as IndPenSim's)")
 
 
 class Outputs(eqx.Module):
@@ -162,6 +175,9 @@ class DynamicOxygen(AbstractOxygenBalance):
 def vapour_pressure_water(T):
     """Saturation vapour pressure of water, bar (Antoine, 1-100 degC)."""
     return 10.0 ** (8.07131 - 1730.63 / (233.426 + T)) / 750.0616
+
+
+PSAT_25C = float(vapour_pressure_water(25.0))  # bar
 
 
 def co2_solubility(T):
@@ -242,7 +258,8 @@ class FermentationModel(eqx.Module):
         csat = oxygen_solubility_air(u.temperature) * p_abs / ATM * ves.oxygen_solubility_factor
         psat = vapour_pressure_water(u.temperature)
         evap = (u.aeration / MOLAR_VOLUME_NORMAL * psat / jnp.maximum(p_abs - psat, 1e-3)
-                * WATER_MOLAR_MASS / 1000.0 * ves.evaporation_saturation)
+                * WATER_MOLAR_MASS / 1000.0 * ves.evaporation_saturation
+                + ves.evaporation_per_volume * jnp.maximum(y.volume, 0.0) * psat / PSAT_25C)
         return kla, csat, pv, evap
 
     def algebraic(self, y: ReactorState, u: Controls) -> tuple[Broth, Rates, Outputs, Float[Array, ""]]:
@@ -277,7 +294,7 @@ class FermentationModel(eqx.Module):
         the set-point $c_{sp}$ with time constant $\tau$ (`feeds.precursor_hold_time`),
         $\dot c = (c_{sp} - c)/\tau$, clipped to $[0, F_{max}]$ (`feeds.precursor_max_flow`):
 
-        $$F = \frac{V (c_{sp} - c)/\tau + q_{prec} X V + c\,(F_S + F_{oil} + F_W - E)}{c_F - c}$$
+        $$F = \frac{V (c_{sp} - c)/\tau + q_{prec} X V + c\,(F_S + \phi_{oil} F_{oil} + F_W - E)}{c_F - c}$$
 
         (draws remove broth at its own concentration and cancel). The flow enters the precursor
         and volume balances and the ledger like any recipe flow, so the balances stay exact; the
@@ -286,7 +303,7 @@ class FermentationModel(eqx.Module):
         f = self.feeds
         V = jnp.maximum(y.volume, 1e-9)
         c = broth.precursor
-        other = u.substrate_feed + u.oil_feed + u.water_feed - evaporation
+        other = u.substrate_feed + f.oil_volume_fraction * u.oil_feed + u.water_feed - evaporation
         need = (V * (u.precursor_setpoint - c) / f.precursor_hold_time
                 + r.precursor_uptake * broth.biomass * V + c * other)
         flow = jnp.clip(need / jnp.maximum(f.precursor_conc - c, 1e-9), 0.0, f.precursor_max_flow)
@@ -308,7 +325,7 @@ class FermentationModel(eqx.Module):
         X = broth.biomass
         V = jnp.maximum(y.volume, 1e-9)
         draw = u.draw
-        f_in = u.substrate_feed + u.oil_feed + u.precursor_feed + u.water_feed
+        f_in = u.substrate_feed + f.oil_volume_fraction * u.oil_feed + u.precursor_feed + u.water_feed
         evap = out.evaporation
         XV = X * V
         s_cons = r.substrate_uptake * XV

@@ -68,7 +68,7 @@ class Ledger(eqx.Module):
     product_drawn: Float[Array, ""]  # g
     oil_fed: Float[Array, ""]  # g
     precursor_fed: Float[Array, ""]  # g
-    volume_fed: Float[Array, ""]  # L (all feeds including water)
+    volume_fed: Float[Array, ""]  # L (all feeds including water; oil times feeds.oil_volume_fraction)
     volume_drawn: Float[Array, ""]  # L
     volume_evaporated: Float[Array, ""]  # L
     oxygen_transferred: Float[Array, ""]  # mmol
