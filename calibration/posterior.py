@@ -24,7 +24,7 @@ import numpy as np
 
 from twin.errors import TwinError
 from twin.reactor import FermentationModel, set_parameters
-from twin.recipe import Recipe
+from twin.recipe import Profile, Recipe
 from twin.simulate import FixedGrid, Trajectory, simulate
 from twin.state import ReactorState
 
@@ -129,22 +129,35 @@ def _scale(y0: ReactorState, factors: dict) -> ReactorState:
 
 
 def simulate_draws(model: FermentationModel, recipe: Recipe, y0: ReactorState, draws: PosteriorDraws,
-                   t0: float, t1: float, *, ts=None, options=None) -> Trajectory:
+                   t0: float, t1: float, *, ts=None, options=None,
+                   per_draw: dict[str, Profile] | None = None) -> Trajectory:
     """Simulate every draw (vmap): a `Trajectory` whose leaves carry a leading draws axis.
 
     By default on the posterior's own fixed grid (`FixedGrid(draws.dt)`): the discrete model its
     likelihood was computed with, so predictions are those of the calibrated model.
+
+    `per_draw` replaces recipe profiles draw by draw: `{variable: Profile}` whose `value` and
+    `value_end` carry a leading draws axis (shared `start` and `end`); e.g. the water feed with each
+    draw's own acid/base inflow from the pH loop.
     """
     options = options or FixedGrid(dt=draws.dt, max_horizon_h=float(t1) - float(t0) + draws.dt)
     params = {k: jnp.asarray(v) for k, v in draws.params.items()}
     factors = {k: jnp.asarray(v) for k, v in draws.init_factors.items()}
+    per_draw = per_draw or {}
+    values = {k: (jnp.asarray(p.value), jnp.asarray(p.value_end)) for k, p in per_draw.items()}
+    for k, (v, _) in values.items():
+        if v.ndim != 2 or v.shape[0] != draws.n:
+            raise ValueError(f"per_draw[{k!r}] needs values of shape (draws={draws.n}, phases), got {v.shape}")
 
     @jax.jit
-    def run(p, f):
-        def one(pi, fi):
+    def run(p, f, vals):
+        def one(pi, fi, vi):
             m = set_parameters(model, pi, check=False)
-            return simulate(m, recipe, _scale(y0, fi), t0, t1, ts=ts, options=options)
+            rec = recipe
+            for k, (v, ve) in vi.items():
+                rec = rec.with_profile(k, Profile(per_draw[k].start, per_draw[k].end, v, ve))
+            return simulate(m, rec, _scale(y0, fi), t0, t1, ts=ts, options=options)
 
-        return jax.vmap(one)(p, f)
+        return jax.vmap(one)(p, f, vals)
 
-    return run(params, factors)
+    return run(params, factors, values)

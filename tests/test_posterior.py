@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import arviz as az
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -63,6 +64,35 @@ def test_identical_draws_reproduce_the_deterministic_simulation():
     p = np.asarray(ens.states.product)
     assert p.shape == (8, sc.ts.shape[0])
     np.testing.assert_allclose(p, np.broadcast_to(np.asarray(ref.states.product), p.shape), rtol=1e-10, atol=1e-9)
+
+
+def test_per_draw_profiles_replace_the_recipe_draw_by_draw():
+    """`simulate_draws(per_draw={"water_feed": ...})` gives draw i the water profile i: equal to
+    simulating each draw alone with that profile, and the volume gap between two draws is the
+    water they were given apart (a water feed adds volume and nothing else)."""
+    from twin.recipe import Profile
+
+    sc = load_scenario(ERY)
+    idata = _idata(sc.model, n=6, tau=0.0, mu=float(get_parameter(sc.model, "kinetics.mu_max")))
+    draws = posterior_draws(idata, new_batch=False)
+    grid = np.arange(0.0, sc.duration_h, 10.0)
+    water = np.outer([0.0, 5.0, 20.0] * (draws.n // 3), np.ones_like(grid))
+    water[2, 3:6] = 0.0
+    prof = Profile(jnp.asarray(grid), jnp.asarray(sc.duration_h), jnp.asarray(water), jnp.asarray(water))
+    ens = simulate_draws(sc.model, sc.recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts, per_draw={"water_feed": prof})
+    vol = np.asarray(ens.states.volume)
+    for i in range(3):
+        m = set_parameters(sc.model, {"kinetics.mu_max": float(draws.params["kinetics.mu_max"][i])})
+        one = Profile(prof.start, prof.end, prof.value[i], prof.value_end[i])
+        ref = simulate(m, sc.recipe.with_profile("water_feed", one), sc.y0, 0.0, sc.duration_h,
+                       ts=sc.ts, options=FixedGrid(dt=0.5))
+        np.testing.assert_allclose(vol[i], np.asarray(ref.states.volume), rtol=1e-10)
+    gap = float(ens.states.ledger.volume_fed[1, -1] - ens.states.ledger.volume_fed[0, -1])
+    assert gap == pytest.approx(5.0 * float(sc.duration_h), rel=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        simulate_draws(sc.model, sc.recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts,
+                       per_draw={"water_feed": Profile(prof.start, prof.end, prof.value[:2], prof.value_end[:2])})
+    assert draws.n == 6
 
 
 def test_snap_to_grid_moves_and_drops_phases():

@@ -259,17 +259,17 @@ class RecipeOptimizer:
         self._fixed = {v.name: self._fixed_part(v.name) for v in self.spec.variables}
         self.baseline_phases = {v.name: self._phase_means(self.baseline, v.name) for v in self.spec.variables}
         self.blocks = tuple(self._block(v) for v in self.spec.variables)
-        self.ph_loop_inflow = _ph_loop_inflow(draws.attrs, self.t_end, self.dt)
-        self._water = None
-        if self.ph_loop_inflow is not None:
+        # the pH loop's acid + base inflow of each calibration batch, (batches, steps) L/h
+        self.ph_loop_inflows = _ph_loop_inflows(draws.attrs, self.t_end, self.dt)
+        self._water_grid = self._water_base = None
+        if self.ph_loop_inflows is not None:
             if "water_feed" in [v.name for v in self.spec.variables]:
                 raise OptimizeError("water_feed cannot be optimised while the pH loop's acid/base inflow "
                                     "is added to it", where=sc.path, field="optimize.variables.water_feed")
-            grid = np.arange(0.0, self.t_end, self.dt)
             from .recipe import sample
 
-            water = sample(self.baseline, "water_feed", grid + self.dt / 2) + self.ph_loop_inflow
-            self._water = Profile(jnp.asarray(grid), jnp.asarray(self.t_end), jnp.asarray(water), jnp.asarray(water))
+            self._water_grid = np.arange(0.0, self.t_end, self.dt)
+            self._water_base = sample(self.baseline, "water_feed", self._water_grid + self.dt / 2)
 
     # -- recipe <-> phase values ---------------------------------------------------------------
     def _fixed_part(self, name: str) -> _Fixed:
@@ -316,16 +316,26 @@ class RecipeOptimizer:
                                 hint="widen the bounds or the trust region, or change the budget") from None
 
     # -- simulation over draws -----------------------------------------------------------------
-    def plant_recipe(self, recipe: Recipe) -> Recipe:
-        """What the twin simulates for `recipe`: with the pH loop's typical acid/base inflow (from the
-        calibration history; not part of any recipe handed to operators) added to the water feed."""
-        return recipe if self._water is None else recipe.with_profile("water_feed", self._water)
+    def water_per_draw(self, n: int) -> dict[str, Profile]:
+        """What the twin adds to the water feed of draw `i` of `n`: the pH loop's acid + base inflow
+        recorded in calibration batch `i mod batches` (not part of any recipe handed to operators).
+        Each draw carries one real batch's inflow, so the volume over the draws spreads as the
+        history's did (its base use varied by about 4 m3 a batch), rather than all at the median.
+        Empty where the history records no acid or base flow."""
+        if self.ph_loop_inflows is None:
+            return {}
+        rows = self.ph_loop_inflows[np.arange(n) % len(self.ph_loop_inflows)]
+        water = self._water_base[None, :] + rows
+        # times stay concrete (NumPy) under jit, so `simulate` can check them against its grid
+        return {"water_feed": Profile(self._water_grid, np.asarray(self.t_end), water, water)}
 
     def simulate(self, recipe: Recipe, draws=None) -> Trajectory:
         from calibration.posterior import simulate_draws
 
-        return simulate_draws(self.sc.model, self.plant_recipe(recipe), self.sc.y0, draws or self.draws, 0.0, self.t_end, ts=self.ts,
-                              options=FixedGrid(dt=self.dt, max_horizon_h=self.t_end + self.dt))
+        draws = draws or self.draws
+        return simulate_draws(self.sc.model, recipe, self.sc.y0, draws, 0.0, self.t_end, ts=self.ts,
+                              options=FixedGrid(dt=self.dt, max_horizon_h=self.t_end + self.dt),
+                              per_draw=self.water_per_draw(draws.n))
 
     def _score(self, total_kg):
         if self.spec.objective == "mean":
@@ -476,10 +486,10 @@ def _history_bands(attrs: dict, variables, ts: np.ndarray) -> dict | None:
     return out
 
 
-def _ph_loop_inflow(attrs: dict, t_end: float, dt: float) -> np.ndarray | None:
-    """Median over the calibration batches of the recorded acid + base flow (L/h) on each `dt`
-    step, or None when the history records neither. The twin has no pH model; the calibration fed
-    these flows as water, so predictions for new recipes must too."""
+def _ph_loop_inflows(attrs: dict, t_end: float, dt: float) -> np.ndarray | None:
+    """The recorded acid + base flow (L/h) of each calibration batch on each `dt` step,
+    `(batches, steps)`, or None when the history records neither. The twin has no pH model; the
+    calibration fed these flows as water, so predictions for new recipes must too."""
     strain_file = attrs.get("strain_file")
     if not strain_file or not Path(strain_file).is_file():
         return None
@@ -499,7 +509,7 @@ def _ph_loop_inflow(attrs: dict, t_end: float, dt: float) -> np.ndarray | None:
                 found = True
         if found:
             rows.append(flow)
-    return np.median(np.stack(rows), axis=0) if rows else None
+    return np.stack(rows) if rows else None
 
 
 def _totals(recipe: Recipe, t_end: float) -> dict[str, float]:
