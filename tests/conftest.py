@@ -45,6 +45,20 @@ from twin.recipe import Profile, Recipe  # noqa: E402
 from twin.scenario import Scenario, load_scenario  # noqa: E402
 from twin.simulate import Adaptive, Trajectory, simulate  # noqa: E402
 
+# Files whose tests take a minute or more on 2 cores (mostly XLA compiling, cold), longest first.
+# The two xdist workers take whole files (`--dist loadfile`) in collection order, so these go
+# first and the short files fill in behind them; in alphabetical order test_sbc and test_update
+# started last and one worker idled for a minute at the end.
+HEAVY_FIRST = ("test_benchmark_forecast.py", "test_sbc.py", "test_advise.py", "test_forecast.py",
+               "test_update.py", "test_benchmarks.py", "test_optimize.py", "test_calibrate_cli.py",
+               "test_calibration.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
+
+
 SCENARIOS = ROOT / "scenarios"
 ERYTHROMYCIN = SCENARIOS / "erythromycin_like.toml"
 PENICILLIN = SCENARIOS / "penicillin_like.toml"

@@ -19,10 +19,11 @@ pytestmark = pytest.mark.slow
 
 def test_small_sbc_covers_the_truth():
     spec = load_strain(ROOT / "calibration/strains/synthetic_erythromycin.toml")
-    res = simulation_based_calibration(spec, 10, svi_steps=300, n_draws=49, seed=3)
+    # 6 replications (the benchmark runs 50+): the suite's 10-minute budget on 2 cores
+    res = simulation_based_calibration(spec, 6, svi_steps=300, n_draws=49, seed=3)
     assert len(res.failed) <= 1, res.failed
     n = len(next(iter(res.ranks.values())))
-    assert n + len(res.failed) == 10
+    assert n + len(res.failed) == 6
     for k, r in res.ranks.items():
         assert np.all((r >= 0) & (r <= 49)), k
         assert len(np.unique(r)) > 1, f"{k}: every replication gave the same rank"
