@@ -98,30 +98,22 @@ def fit(d: pd.DataFrame, law: str) -> dict:
 
 
 def twin_vs_record() -> pd.DataFrame:
-    """Each history batch simulated in the twin with its recorded feeds (the calibration's
-    recipes, dt 0.5 h, the scenario's parameters): the twin's volume minus the recorded volume."""
-    import jax
-    import jax.numpy as jnp
-
+    """Each history batch simulated in the twin with its recorded feeds, as calibration simulates
+    it (`calibration.model.simulate_batches`: the calibration's recipes and grid, the scenario's
+    parameters): the twin's volume minus the recorded volume."""
     from calibration.infer import load_history
-    from calibration.model import build_data
+    from calibration.model import build_data, simulate_batches
     from calibration.spec import load_strain
-    from twin.simulate import FixedGrid, simulate
 
     spec = load_strain(STRAIN)
     bs, recipes = load_history(spec)
     data = build_data(spec, bs, recipes)
-    model = spec.scenario.model
-    ts = jnp.arange(0.0, data.t_end + 1e-9, 1.0)
-
-    def run(rec, y0):
-        return simulate(model, rec, y0, 0.0, data.t_end, ts=ts, options=FixedGrid(0.5)).states.volume
-
-    vols = np.asarray(jax.vmap(run)(data.recipes, data.y0))
+    traj = simulate_batches(spec.scenario.model, data, {}, data.y0, float(spec.inference["dt"]))
+    ts, vols = np.asarray(data.grid), np.asarray(traj.states.volume)
     rows = []
     for i, b in enumerate(data.batches):
         t, v = bs[b].series("volume")
-        twin_v = np.interp(t, np.asarray(ts), vols[i])
+        twin_v = np.interp(t, ts, vols[i])
         rows.append({"batch": b, "max_abs_diff_m3": float(np.abs(twin_v - v).max()) / 1000.0,
                      "end_diff_m3": float(twin_v[-1] - v[-1]) / 1000.0,
                      "peak_twin_m3": float(twin_v.max()) / 1000.0, "peak_record_m3": float(v.max()) / 1000.0})

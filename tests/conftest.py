@@ -47,8 +47,8 @@ from twin.simulate import Adaptive, Trajectory, simulate  # noqa: E402
 
 # Files whose tests take a minute or more on 2 cores (mostly XLA compiling, cold), longest first.
 # The two xdist workers take whole files (`--dist loadfile`) in collection order, so these go
-# first and the short files fill in behind them; in alphabetical order test_sbc and test_update
-# started last and one worker idled for a minute at the end.
+# first and the short files fill in behind them (longest-first scheduling), rather than a
+# minute-long file such as test_update starting last in alphabetical order.
 HEAVY_FIRST = ("test_benchmark_forecast.py", "test_sbc.py", "test_advise.py", "test_forecast.py",
                "test_update.py", "test_benchmarks.py", "test_optimize.py", "test_calibrate_cli.py",
                "test_calibration.py")
