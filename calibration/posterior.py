@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import arviz as az
 import equinox as eqx
@@ -24,7 +25,7 @@ import numpy as np
 
 from twin.errors import TwinError
 from twin.reactor import FermentationModel, set_parameters
-from twin.recipe import Profile, Recipe
+from twin.recipe import Profile, Recipe, sample
 from twin.simulate import FixedGrid, Trajectory, simulate
 from twin.state import ReactorState
 
@@ -161,3 +162,50 @@ def simulate_draws(model: FermentationModel, recipe: Recipe, y0: ReactorState, d
         return jax.vmap(one)(p, f, vals)
 
     return run(params, factors, values)
+
+
+def ph_loop_inflows(attrs: dict, t_end: float, dt: float) -> np.ndarray | None:
+    """The recorded acid + base flow (L/h) of each calibration batch on each `dt` step of
+    `[0, t_end)`, `(batches, steps)`, read from the strain history the posterior names
+    (`attrs["strain_file"]`); None when that file is not on this machine or its history records
+    neither flow. The twin has no pH model: the calibration fed these flows as water, so a
+    prediction for a new batch must add some pH-loop inflow too (see `ph_loop_water`)."""
+    strain_file = attrs.get("strain_file")
+    if not strain_file or not Path(strain_file).is_file():
+        return None
+    from .infer import load_history
+    from .spec import load_strain
+
+    bs, _ = load_history(load_strain(strain_file))
+    mids = np.arange(0.0, t_end, dt) + dt / 2
+    rows = []
+    for rec in bs:
+        flow = np.zeros_like(mids)
+        found = False
+        for var in ("acid_flow", "base_flow"):
+            if var in rec.variables():
+                t, v = rec.series(var)
+                flow += np.interp(mids, t, v, left=0.0, right=0.0)
+                found = True
+        if found:
+            rows.append(flow)
+    return np.stack(rows) if rows else None
+
+
+def ph_loop_water(recipe: Recipe, inflows: np.ndarray | None, n: int, t_end: float,
+                  dt: float) -> dict[str, Profile]:
+    """`simulate_draws`'s `per_draw` for `n` draws: the recipe's water feed plus, for draw `i`, the
+    pH loop's acid + base inflow recorded in calibration batch `i mod batches` (`inflows` from
+    `ph_loop_inflows`, on the same `dt` steps of `[0, t_end)`). Each draw carries one real batch's
+    inflow, so the volume over the draws spreads as the history's did (the IndPenSim history's base
+    use varies by about 4 m3 a batch) rather than all at the median. Empty when `inflows` is None.
+    The inflow is not part of any recipe: it is what the plant's controller added."""
+    if inflows is None:
+        return {}
+    grid = np.arange(0.0, t_end, dt)
+    if inflows.shape[1] != grid.shape[0]:
+        raise ValueError(f"inflows has {inflows.shape[1]} steps, the grid of [0, {t_end:g}) h at {dt:g} h "
+                         f"has {grid.shape[0]}")
+    water = sample(recipe, "water_feed", grid + dt / 2)[None, :] + inflows[np.arange(n) % len(inflows)]
+    # times stay concrete (NumPy) under jit, so `simulate` can check them against its grid
+    return {"water_feed": Profile(grid, np.asarray(t_end), water, water)}

@@ -124,3 +124,72 @@ def test_posterior_without_simulation_attributes_is_refused(tmp_path):
     path = save_posterior(idata, tmp_path / "old.nc")
     with pytest.raises(PosteriorError, match="format version differs"):
         load_draws(path, sc.model)
+
+
+IPS_STRAIN = ROOT / "calibration/strains/penicillin_indpensim.toml"
+
+
+def test_ph_loop_inflows_are_the_histories_recorded_acid_and_base_and_each_draw_gets_one():
+    """`ph_loop_inflows` reads the recorded acid + base flow of every batch of the posterior's strain
+    history onto the grid's midpoints; `ph_loop_water` gives draw i the recipe's water plus batch
+    i mod batches' inflow; no strain file here (or none named) means no inflow."""
+    from calibration.infer import load_history
+    from calibration.posterior import ph_loop_inflows, ph_loop_water
+    from calibration.spec import load_strain
+    from twin.recipe import sample
+
+    inflows = ph_loop_inflows({"strain_file": str(IPS_STRAIN)}, 230.0, 0.5)
+    bs, _ = load_history(load_strain(IPS_STRAIN))
+    assert inflows.shape == (len(bs.batch_ids), 460)
+    rec = bs[bs.batch_ids[3]]
+    (ta, va), (tb, vb) = rec.series("acid_flow"), rec.series("base_flow")
+    mids = np.arange(0.0, 230.0, 0.5) + 0.25
+    np.testing.assert_allclose(inflows[3], np.interp(mids, ta, va) + np.interp(mids, tb, vb), rtol=1e-12)
+    # the history's base use: litres per batch, different from batch to batch
+    totals = inflows.sum(axis=1) * 0.5
+    assert totals.min() > 1000.0 and totals.max() - totals.min() > 1000.0
+
+    sc = load_scenario(ROOT / "scenarios/penicillin_indpensim.toml")
+    recipe, _ = snap_to_grid(sc.recipe, 0.5)
+    n = len(bs.batch_ids) + 2
+    w = ph_loop_water(recipe, inflows, n, 230.0, 0.5)["water_feed"]
+    water = sample(recipe, "water_feed", mids)
+    assert np.asarray(w.value).shape == (n, 460)
+    for i in (0, 5, n - 1):
+        np.testing.assert_allclose(np.asarray(w.value)[i], water + inflows[i % len(inflows)], rtol=1e-12)
+    assert ph_loop_inflows({"strain_file": "/nowhere/strain.toml"}, 230.0, 0.5) is None
+    assert ph_loop_inflows({}, 230.0, 0.5) is None
+    assert ph_loop_water(recipe, None, n, 230.0, 0.5) == {}
+    with pytest.raises(ValueError, match="steps"):
+        ph_loop_water(recipe, inflows, n, 100.0, 0.5)
+
+
+def test_simulate_with_posterior_adds_each_draws_ph_loop_inflow(tmp_path):
+    """`twin simulate S --posterior P`: identical parameter draws end at different volumes when the
+    posterior's strain history records acid and base (each draw carries one batch's inflow; the
+    spread is that of the inflows), and at one volume when it does not; summary.json says which."""
+    from typer.testing import CliRunner
+
+    from calibration.posterior import ph_loop_inflows
+    from twin.cli import app
+
+    sc = load_scenario(ERY)
+    mu = float(get_parameter(sc.model, "kinetics.mu_max"))
+    finals = {}
+    for label, attrs in (("with", {"strain_file": str(IPS_STRAIN)}), ("without", {})):
+        idata = _idata(sc.model, n=8, tau=0.0, mu=mu)
+        idata.attrs.update(attrs)
+        post = save_posterior(idata, tmp_path / f"{label}.nc")
+        out = tmp_path / label
+        res = CliRunner().invoke(app, ["simulate", str(ERY), "--posterior", str(post), "--draws", "8",
+                                       "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        s = json.loads((out / "summary.json").read_text())
+        finals[label] = s["summary"]["final_volume_m3"]
+        note = s["posterior"]["ph_loop_inflow"]
+        assert ("calibration batch i mod 12" in note) == (label == "with"), note
+    assert finals["without"]["q95"] == pytest.approx(finals["without"]["q05"], rel=1e-9)
+    inflows = ph_loop_inflows({"strain_file": str(IPS_STRAIN)}, float(sc.duration_h), 0.5)
+    fed_m3 = inflows.sum(axis=1)[:8] * 0.5 / 1000.0  # draws 0-7 carry batches 0-7
+    spread = finals["with"]["q95"] - finals["with"]["q05"]
+    assert 0.5 * np.ptp(fed_m3) < spread <= np.ptp(fed_m3) + 1e-9

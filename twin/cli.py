@@ -81,7 +81,7 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
     import jax
     import numpy as np
 
-    from calibration.posterior import load_draws, simulate_draws
+    from calibration.posterior import load_draws, ph_loop_inflows, ph_loop_water, simulate_draws
 
     from .io import atomic_path
     from .plots import plot_simulation
@@ -93,7 +93,11 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
         raise TwinError("need at least 2 posterior draws for bands", field="--draws", value=n)
     draws = load_draws(posterior, sc.model, n)
     recipe, moves = snap_to_grid(sc.recipe, draws.dt)
-    ens = simulate_draws(sc.model, recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts)
+    # the twin has no pH model: each draw carries one calibration batch's recorded acid + base
+    # inflow, as in `twin optimize` (the calibration fed these flows as water)
+    inflows = ph_loop_inflows(draws.attrs, sc.duration_h, draws.dt)
+    ens = simulate_draws(sc.model, recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts,
+                         per_draw=ph_loop_water(recipe, inflows, draws.n, sc.duration_h, draws.dt))
     ensure_success(ens, label=f"scenario '{sc.name}' ({path}) with posterior {posterior}")
     ens = jax.tree_util.tree_map(np.asarray, ens)
     wv = float(sc.model.vessel.working_volume)
@@ -104,16 +108,25 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
     with atomic_path(out / "bands.csv", suffix=".csv") as tmp:
         band_frame(ens).to_csv(tmp, index=False, float_format="%.8g")
     attrs = draws.attrs
+    if inflows is not None:
+        ph_note = (f"draw i carries the recorded acid + base inflow of calibration batch i mod {len(inflows)} "
+                   f"({attrs.get('strain_file')})")
+    else:
+        ph_note = ("none: the posterior's strain history records no acid/base flow" if attrs.get("strain_file")
+                   and Path(attrs["strain_file"]).is_file() else
+                   f"none: the posterior's strain file {attrs.get('strain_file')!r} is not on this machine")
     title += f"\nposterior: {posterior} (strain {attrs.get('strain')}, {attrs.get('method', '').upper()}, " \
-             f"{draws.n} draws, new-batch effects, fixed grid {draws.dt:g} h)"
+             f"{draws.n} draws, new-batch effects, fixed grid {draws.dt:g} h)" + \
+             ("; each draw with one history batch's pH-loop inflow" if inflows is not None else "")
     plot_simulation(central, title=title, path=out / "simulation.png", ensemble=ens, working_volume_L=wv)
     record.update(posterior={"file": str(posterior), "strain": attrs.get("strain"), "method": attrs.get("method"),
                              "created": attrs.get("created"), "data_hash": attrs.get("data_hash"),
-                             "draws": draws.n, "solver_dt_h": draws.dt,
+                             "draws": draws.n, "solver_dt_h": draws.dt, "ph_loop_inflow": ph_note,
                              "recipe_breakpoints_moved_to_grid": [list(m) for m in moves]})
     write_json({**record, "summary": summary}, out / "summary.json")
     if not quiet:
         _print_ensemble_summary(sc.title, summary, out, moves, draws.dt)
+        console.print(f"acid/base (pH loop) inflow: {escape(ph_note)}")
     return summary
 
 

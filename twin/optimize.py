@@ -260,16 +260,12 @@ class RecipeOptimizer:
         self.baseline_phases = {v.name: self._phase_means(self.baseline, v.name) for v in self.spec.variables}
         self.blocks = tuple(self._block(v) for v in self.spec.variables)
         # the pH loop's acid + base inflow of each calibration batch, (batches, steps) L/h
-        self.ph_loop_inflows = _ph_loop_inflows(draws.attrs, self.t_end, self.dt)
-        self._water_grid = self._water_base = None
-        if self.ph_loop_inflows is not None:
-            if "water_feed" in [v.name for v in self.spec.variables]:
-                raise OptimizeError("water_feed cannot be optimised while the pH loop's acid/base inflow "
-                                    "is added to it", where=sc.path, field="optimize.variables.water_feed")
-            from .recipe import sample
+        from calibration.posterior import ph_loop_inflows
 
-            self._water_grid = np.arange(0.0, self.t_end, self.dt)
-            self._water_base = sample(self.baseline, "water_feed", self._water_grid + self.dt / 2)
+        self.ph_loop_inflows = ph_loop_inflows(draws.attrs, self.t_end, self.dt)
+        if self.ph_loop_inflows is not None and "water_feed" in [v.name for v in self.spec.variables]:
+            raise OptimizeError("water_feed cannot be optimised while the pH loop's acid/base inflow "
+                                "is added to it", where=sc.path, field="optimize.variables.water_feed")
 
     # -- recipe <-> phase values ---------------------------------------------------------------
     def _fixed_part(self, name: str) -> _Fixed:
@@ -318,16 +314,11 @@ class RecipeOptimizer:
     # -- simulation over draws -----------------------------------------------------------------
     def water_per_draw(self, n: int) -> dict[str, Profile]:
         """What the twin adds to the water feed of draw `i` of `n`: the pH loop's acid + base inflow
-        recorded in calibration batch `i mod batches` (not part of any recipe handed to operators).
-        Each draw carries one real batch's inflow, so the volume over the draws spreads as the
-        history's did (its base use varied by about 4 m3 a batch), rather than all at the median.
-        Empty where the history records no acid or base flow."""
-        if self.ph_loop_inflows is None:
-            return {}
-        rows = self.ph_loop_inflows[np.arange(n) % len(self.ph_loop_inflows)]
-        water = self._water_base[None, :] + rows
-        # times stay concrete (NumPy) under jit, so `simulate` can check them against its grid
-        return {"water_feed": Profile(self._water_grid, np.asarray(self.t_end), water, water)}
+        recorded in calibration batch `i mod batches` (`calibration.posterior.ph_loop_water`; not
+        part of any recipe handed to operators). Empty where the history records no acid or base."""
+        from calibration.posterior import ph_loop_water
+
+        return ph_loop_water(self.baseline, self.ph_loop_inflows, n, self.t_end, self.dt)
 
     def simulate(self, recipe: Recipe, draws=None) -> Trajectory:
         from calibration.posterior import simulate_draws
@@ -484,32 +475,6 @@ def _history_bands(attrs: dict, variables, ts: np.ndarray) -> dict | None:
                 rows.append(sample(recipes[rec.batch], var, ts))
         out[var] = np.stack(rows)
     return out
-
-
-def _ph_loop_inflows(attrs: dict, t_end: float, dt: float) -> np.ndarray | None:
-    """The recorded acid + base flow (L/h) of each calibration batch on each `dt` step,
-    `(batches, steps)`, or None when the history records neither. The twin has no pH model; the
-    calibration fed these flows as water, so predictions for new recipes must too."""
-    strain_file = attrs.get("strain_file")
-    if not strain_file or not Path(strain_file).is_file():
-        return None
-    from calibration.infer import load_history
-    from calibration.spec import load_strain
-
-    bs, _ = load_history(load_strain(strain_file))
-    mids = np.arange(0.0, t_end, dt) + dt / 2
-    rows = []
-    for rec in bs:
-        flow = np.zeros_like(mids)
-        found = False
-        for var in ("acid_flow", "base_flow"):
-            if var in rec.variables():
-                t, v = rec.series(var)
-                flow += np.interp(mids, t, v, left=0.0, right=0.0)
-                found = True
-        if found:
-            rows.append(flow)
-    return np.stack(rows) if rows else None
 
 
 def _totals(recipe: Recipe, t_end: float) -> dict[str, float]:
