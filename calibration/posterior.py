@@ -192,20 +192,28 @@ def ph_loop_inflows(attrs: dict, t_end: float, dt: float) -> np.ndarray | None:
     return np.stack(rows) if rows else None
 
 
-def ph_loop_water(recipe: Recipe, inflows: np.ndarray | None, n: int, t_end: float,
+def ph_loop_water(water: np.ndarray, inflows: np.ndarray | None, n: int, t_end: float,
                   dt: float) -> dict[str, Profile]:
-    """`simulate_draws`'s `per_draw` for `n` draws: the recipe's water feed plus, for draw `i`, the
-    pH loop's acid + base inflow recorded in calibration batch `i mod batches` (`inflows` from
-    `ph_loop_inflows`, on the same `dt` steps of `[0, t_end)`). Each draw carries one real batch's
+    """`simulate_draws`'s `per_draw` for `n` draws: the recipe's water feed `water` (L/h on the
+    midpoints of the `dt` steps of `[0, t_end)`, e.g. `recipe_water(recipe, t_end, dt)`) plus, for
+    draw `i`, the pH loop's acid + base inflow recorded in calibration batch `i mod batches`
+    (`inflows` from `ph_loop_inflows`, on the same steps). Each draw carries one real batch's
     inflow, so the volume over the draws spreads as the history's did (the IndPenSim history's base
     use varies by about 4 m3 a batch) rather than all at the median. Empty when `inflows` is None.
-    The inflow is not part of any recipe: it is what the plant's controller added."""
+    The inflow is not part of any recipe: it is what the plant's controller added. NumPy only, so
+    it may be called while a recipe is being traced."""
     if inflows is None:
         return {}
     grid = np.arange(0.0, t_end, dt)
-    if inflows.shape[1] != grid.shape[0]:
-        raise ValueError(f"inflows has {inflows.shape[1]} steps, the grid of [0, {t_end:g}) h at {dt:g} h "
-                         f"has {grid.shape[0]}")
-    water = sample(recipe, "water_feed", grid + dt / 2)[None, :] + inflows[np.arange(n) % len(inflows)]
+    if inflows.shape[1] != grid.shape[0] or np.shape(water) != grid.shape:
+        raise ValueError(f"inflows has {inflows.shape[1]} steps and water {np.shape(water)}, the grid of "
+                         f"[0, {t_end:g}) h at {dt:g} h has {grid.shape[0]}")
+    rows = np.asarray(water)[None, :] + inflows[np.arange(n) % len(inflows)]
     # times stay concrete (NumPy) under jit, so `simulate` can check them against its grid
-    return {"water_feed": Profile(grid, np.asarray(t_end), water, water)}
+    return {"water_feed": Profile(grid, np.asarray(t_end), rows, rows)}
+
+
+def recipe_water(recipe: Recipe, t_end: float, dt: float) -> np.ndarray:
+    """The recipe's water feed (L/h) on the midpoints of the `dt` steps of `[0, t_end)` (concrete:
+    call it outside any trace)."""
+    return sample(recipe, "water_feed", np.arange(0.0, t_end, dt) + dt / 2)

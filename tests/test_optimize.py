@@ -145,3 +145,25 @@ def test_co2_limit_needs_a_co2_model_and_is_reported_per_draw(tmp_path):
     assert rep == {"limit": 1.5, "worst": 1.6, "fraction_of_draws_violating": pytest.approx(1 / 3)}
     g = float(co2_excess(jnp.asarray(dco2), 1.5))
     assert (1.6 - 1.5) / 1.5 <= g <= (1.6 + 0.015 * np.log(9) - 1.5) / 1.5
+
+
+def test_each_draw_carries_a_history_batchs_ph_loop_inflow_inside_the_traced_objective(tmp_path):
+    """With a posterior whose strain history records acid and base, the optimiser's simulation
+    (traced under jit, as in the solve) gives draw i the recipe's water plus batch i mod B's
+    recorded inflow: the volume fed differs from the same draws without it by exactly that."""
+    import jax
+
+    from calibration.posterior import ph_loop_inflows
+
+    sc = load_scenario(_scenario(tmp_path))
+    with_ph = _idata(sc.model, n=8, dt=1.0)
+    with_ph.attrs["strain_file"] = str(ROOT / "calibration/strains/penicillin_indpensim.toml")
+    fed = {}
+    for label, idata in (("with", with_ph), ("without", _idata(sc.model, n=8, dt=1.0))):
+        opt = RecipeOptimizer(sc, sc.recipe, posterior_draws(idata, new_batch=False))
+        u = {"substrate_feed": jnp.asarray(opt.baseline_phases["substrate_feed"])}
+        traj = jax.jit(lambda c: opt.simulate(opt.recipe(c)))(u)  # noqa: B023
+        fed[label] = np.asarray(traj.states.ledger.volume_fed[:, -1])
+    inflows = ph_loop_inflows(with_ph.attrs, float(sc.duration_h), 1.0)
+    expected = inflows[np.arange(8) % len(inflows)].sum(axis=1) * 1.0
+    np.testing.assert_allclose(fed["with"] - fed["without"], expected, rtol=1e-9)

@@ -134,7 +134,7 @@ def test_ph_loop_inflows_are_the_histories_recorded_acid_and_base_and_each_draw_
     history onto the grid's midpoints; `ph_loop_water` gives draw i the recipe's water plus batch
     i mod batches' inflow; no strain file here (or none named) means no inflow."""
     from calibration.infer import load_history
-    from calibration.posterior import ph_loop_inflows, ph_loop_water
+    from calibration.posterior import ph_loop_inflows, ph_loop_water, recipe_water
     from calibration.spec import load_strain
     from twin.recipe import sample
 
@@ -152,16 +152,17 @@ def test_ph_loop_inflows_are_the_histories_recorded_acid_and_base_and_each_draw_
     sc = load_scenario(ROOT / "scenarios/penicillin_indpensim.toml")
     recipe, _ = snap_to_grid(sc.recipe, 0.5)
     n = len(bs.batch_ids) + 2
-    w = ph_loop_water(recipe, inflows, n, 230.0, 0.5)["water_feed"]
     water = sample(recipe, "water_feed", mids)
+    np.testing.assert_array_equal(recipe_water(recipe, 230.0, 0.5), water)
+    w = ph_loop_water(water, inflows, n, 230.0, 0.5)["water_feed"]
     assert np.asarray(w.value).shape == (n, 460)
     for i in (0, 5, n - 1):
         np.testing.assert_allclose(np.asarray(w.value)[i], water + inflows[i % len(inflows)], rtol=1e-12)
     assert ph_loop_inflows({"strain_file": "/nowhere/strain.toml"}, 230.0, 0.5) is None
     assert ph_loop_inflows({}, 230.0, 0.5) is None
-    assert ph_loop_water(recipe, None, n, 230.0, 0.5) == {}
+    assert ph_loop_water(water, None, n, 230.0, 0.5) == {}
     with pytest.raises(ValueError, match="steps"):
-        ph_loop_water(recipe, inflows, n, 100.0, 0.5)
+        ph_loop_water(water, inflows, n, 100.0, 0.5)
 
 
 def test_simulate_with_posterior_adds_each_draws_ph_loop_inflow(tmp_path):

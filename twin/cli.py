@@ -81,7 +81,7 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
     import jax
     import numpy as np
 
-    from calibration.posterior import load_draws, ph_loop_inflows, ph_loop_water, simulate_draws
+    from calibration.posterior import load_draws, ph_loop_inflows, ph_loop_water, recipe_water, simulate_draws
 
     from .io import atomic_path
     from .plots import plot_simulation
@@ -97,7 +97,8 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
     # inflow, as in `twin optimize` (the calibration fed these flows as water)
     inflows = ph_loop_inflows(draws.attrs, sc.duration_h, draws.dt)
     ens = simulate_draws(sc.model, recipe, sc.y0, draws, 0.0, sc.duration_h, ts=sc.ts,
-                         per_draw=ph_loop_water(recipe, inflows, draws.n, sc.duration_h, draws.dt))
+                         per_draw=ph_loop_water(recipe_water(recipe, sc.duration_h, draws.dt), inflows, draws.n,
+                                                sc.duration_h, draws.dt))
     ensure_success(ens, label=f"scenario '{sc.name}' ({path}) with posterior {posterior}")
     ens = jax.tree_util.tree_map(np.asarray, ens)
     wv = float(sc.model.vessel.working_volume)

@@ -260,9 +260,10 @@ class RecipeOptimizer:
         self.baseline_phases = {v.name: self._phase_means(self.baseline, v.name) for v in self.spec.variables}
         self.blocks = tuple(self._block(v) for v in self.spec.variables)
         # the pH loop's acid + base inflow of each calibration batch, (batches, steps) L/h
-        from calibration.posterior import ph_loop_inflows
+        from calibration.posterior import ph_loop_inflows, recipe_water
 
         self.ph_loop_inflows = ph_loop_inflows(draws.attrs, self.t_end, self.dt)
+        self._water = recipe_water(self.baseline, self.t_end, self.dt)  # not a decision (checked below)
         if self.ph_loop_inflows is not None and "water_feed" in [v.name for v in self.spec.variables]:
             raise OptimizeError("water_feed cannot be optimised while the pH loop's acid/base inflow "
                                 "is added to it", where=sc.path, field="optimize.variables.water_feed")
@@ -318,7 +319,7 @@ class RecipeOptimizer:
         part of any recipe handed to operators). Empty where the history records no acid or base."""
         from calibration.posterior import ph_loop_water
 
-        return ph_loop_water(self.baseline, self.ph_loop_inflows, n, self.t_end, self.dt)
+        return ph_loop_water(self._water, self.ph_loop_inflows, n, self.t_end, self.dt)
 
     def simulate(self, recipe: Recipe, draws=None) -> Trajectory:
         from calibration.posterior import simulate_draws
