@@ -118,7 +118,7 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
                    f"none: the posterior's strain file {attrs.get('strain_file')!r} is not on this machine")
     title += f"\nposterior: {posterior} (strain {attrs.get('strain')}, {attrs.get('method', '').upper()}, " \
              f"{draws.n} draws, new-batch effects, fixed grid {draws.dt:g} h)" + \
-             ("; each draw with one history batch's pH-loop inflow" if inflows is not None else "")
+             ("\neach draw with one history batch's recorded acid + base (pH loop) inflow" if inflows is not None else "")
     plot_simulation(central, title=title, path=out / "simulation.png", ensemble=ens, working_volume_L=wv)
     record.update(posterior={"file": str(posterior), "strain": attrs.get("strain"), "method": attrs.get("method"),
                              "created": attrs.get("created"), "data_hash": attrs.get("data_hash"),

@@ -54,7 +54,9 @@ def plot_simulation(traj, *, title: str, path: str | os.PathLike, ensemble=None,
         working_volume_L: drawn as a limit line on the volume panel.
     """
     fig = plt.figure(figsize=(12, 12))
-    gs = fig.add_gridspec(5, 2, height_ratios=[1, 1, 1, 0.8, 0.8], hspace=0.42, wspace=0.38)
+    lines = title.count("\n") + 1  # a third title line (and more) pushes the panels down
+    gs = fig.add_gridspec(5, 2, height_ratios=[1, 1, 1, 0.8, 0.8], hspace=0.42, wspace=0.38,
+                          top=0.88 - 0.02 * max(lines - 2, 0))
     axes = []
     for k, (name, label, unit) in enumerate(_STATE_PANELS):
         ax = fig.add_subplot(gs[k // 2, k % 2], sharex=axes[0] if axes else None)
@@ -134,7 +136,7 @@ def plot_simulation(traj, *, title: str, path: str | os.PathLike, ensemble=None,
     ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel("time, h")
     ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=13, y=0.925 if "\n" not in title else 0.94)
+    fig.suptitle(title, fontsize=13, y=0.925 if lines == 1 else 0.94 if lines == 2 else 0.95)
     return save(fig, path)
 
 
