@@ -112,10 +112,12 @@ def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: st
     if inflows is not None:
         ph_note = (f"draw i carries the recorded acid + base inflow of calibration batch i mod {len(inflows)} "
                    f"({attrs.get('strain_file')})")
+    elif not attrs.get("strain_file"):
+        ph_note = "none: the posterior names no strain file"
+    elif Path(attrs["strain_file"]).is_file():
+        ph_note = "none: the posterior's strain history records no acid/base flow"
     else:
-        ph_note = ("none: the posterior's strain history records no acid/base flow" if attrs.get("strain_file")
-                   and Path(attrs["strain_file"]).is_file() else
-                   f"none: the posterior's strain file {attrs.get('strain_file')!r} is not on this machine")
+        ph_note = f"none: the posterior's strain file {attrs['strain_file']} is not on this machine"
     title += f"\nposterior: {posterior} (strain {attrs.get('strain')}, {attrs.get('method', '').upper()}, " \
              f"{draws.n} draws, new-batch effects, fixed grid {draws.dt:g} h)" + \
              ("\neach draw with one history batch's recorded acid + base (pH loop) inflow" if inflows is not None else "")
