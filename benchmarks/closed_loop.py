@@ -3,8 +3,9 @@
 1. Calibrate the twin on the 12-batch demo history (`calibration/strains/penicillin_indpensim.toml`,
    SVI) unless `--posterior` is given.
 2. `twin optimize scenarios/penicillin_indpensim.toml` (its `[optimize]` table: sugar and oil feeds
-   and the gas flow reshaped at equal totals within +-25 % of the default's phase means, volume
-   <= 100 m3, DO >= 40 %, residual sugar <= 1 g/L after 48 h, dissolved CO2 <= 1.55 mmol/L;
+   and the gas flow reshaped in 11.5 h phases at equal totals within +-25 % of the default's phase
+   means, volume <= 100 m3, DO >= 40 %, residual sugar <= 1 g/L after 48 h, dissolved CO2 <= 1.55
+   mmol/L;
    temperature and back pressure stay at the default): the recipe comes from the twin alone; the
    plant is not called in the loop.
 3. Run the recipe and the plant's default recipe on plant seeds 100-109 (never in the history,
