@@ -194,3 +194,38 @@ def test_simulate_with_posterior_adds_each_draws_ph_loop_inflow(tmp_path):
     fed_m3 = inflows.sum(axis=1)[:8] * 0.5 / 1000.0  # draws 0-7 carry batches 0-7
     spread = finals["with"]["q95"] - finals["with"]["q05"]
     assert 0.5 * np.ptp(fed_m3) < spread <= np.ptp(fed_m3) + 1e-9
+
+
+def test_plain_simulate_adds_the_median_ph_loop_inflow_of_the_named_history(tmp_path):
+    """`[recipe] ph_loop_history`: `twin simulate` without a posterior adds, step by step, the median
+    over the history's batches of their recorded acid + base inflow to the water feed: the volume
+    fed rises by exactly its integral, and summary.json says so. A missing strain file is refused
+    by field at load."""
+    import pandas as pd
+
+    from calibration.posterior import ph_loop_inflows
+    from twin.cli import run_scenario
+    from twin.scenario import ScenarioError
+
+    text = ERY.read_text().replace('file = "erythromycin_like_recipe.csv"',
+                                   f'file = "{ROOT / "scenarios/erythromycin_like_recipe.csv"}"')
+    plain = tmp_path / "plain.toml"
+    plain.write_text(text)
+    with_ph = tmp_path / "with_ph.toml"
+    with_ph.write_text(text.replace("[sources]", f'ph_loop_history = "{IPS_STRAIN}"\n\n[sources]', 1))
+    summary = {}
+    for label, path in (("plain", plain), ("with", with_ph)):
+        run_scenario(path, tmp_path / label, quiet=True)
+        summary[label] = json.loads((tmp_path / label / "summary.json").read_text())
+    v = {k: pd.read_csv(tmp_path / k / "trajectories.csv") for k in ("plain", "with")}
+    col = [c for c in v["plain"].columns if c.startswith("volume_fed")][0]
+    sc = load_scenario(with_ph)
+    med = np.median(ph_loop_inflows({"strain_file": str(IPS_STRAIN)}, float(sc.duration_h), 0.5), axis=0)
+    extra = float(v["with"][col].iloc[-1] - v["plain"][col].iloc[-1])
+    assert extra == pytest.approx(float(med.sum()) * 0.5, rel=1e-6)
+    assert "median over 12 history batches" in summary["with"]["ph_loop_inflow"]
+    assert "ph_loop_inflow" not in summary["plain"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("[sources]", 'ph_loop_history = "nowhere.toml"\n\n[sources]', 1))
+    with pytest.raises(ScenarioError, match=r"field 'recipe.ph_loop_history': strain file not found"):
+        load_scenario(bad)

@@ -64,7 +64,12 @@ def run_scenario(path: Path, out: Path, *, overrides=None, recipe: Path | None =
               "recipe": str(recipe) if recipe else None, "sources": sc.sources}
     if posterior is not None:
         return _run_posterior(sc, path, out, posterior, draws, title, record, quiet)
-    traj = simulate(sc.model, sc.recipe, sc.y0, 0.0, sc.duration_h, ts=sc.ts, options=sc.options,
+    run_recipe = sc.recipe
+    if sc.ph_loop_history is not None:
+        run_recipe, note = _with_median_ph_loop_inflow(sc)
+        record["ph_loop_inflow"] = note
+        title += "\nwater includes the median acid + base (pH loop) inflow of the strain's history"
+    traj = simulate(sc.model, run_recipe, sc.y0, 0.0, sc.duration_h, ts=sc.ts, options=sc.options,
                     label=f"scenario '{sc.name}' ({path})")
     summary = summarize(traj, working_volume_L=wv)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +79,30 @@ def run_scenario(path: Path, out: Path, *, overrides=None, recipe: Path | None =
     if not quiet:
         _print_summary(sc.title, summary, out)
     return summary
+
+
+def _with_median_ph_loop_inflow(sc, dt: float = 0.5):
+    """The scenario's recipe with the median (over the history's batches, step by step) of the
+    acid + base inflow recorded in the strain history `[recipe] ph_loop_history` names, added to
+    the water feed on `dt` steps; and a note saying so. The twin has no pH model: without this the
+    broth of a plant whose pH loop adds base (IndPenSim: about 30 m3 a batch) ends far too low."""
+    import numpy as np
+
+    from calibration.posterior import ph_loop_inflows, recipe_water
+
+    from .recipe import Profile
+
+    inflows = ph_loop_inflows({"strain_file": str(sc.ph_loop_history)}, sc.duration_h, dt)
+    if inflows is None:
+        raise TwinError("the strain's history records no acid or base flow", where=sc.path,
+                        field="recipe.ph_loop_history", value=str(sc.ph_loop_history))
+    median = np.median(inflows, axis=0)
+    water = recipe_water(sc.recipe, sc.duration_h, dt) + median
+    grid = np.arange(0.0, sc.duration_h, dt)
+    recipe = sc.recipe.with_profile("water_feed", Profile(grid, np.asarray(sc.duration_h), water, water))
+    note = (f"water feed plus the median over {len(inflows)} history batches of their recorded acid + base "
+            f"inflow ({sc.ph_loop_history}; {float(np.sum(median) * dt) / 1000.0:.1f} m3 in all)")
+    return recipe, note
 
 
 def _run_posterior(sc, path: Path, out: Path, posterior: Path, n: int, title: str, record: dict,

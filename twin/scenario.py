@@ -17,7 +17,9 @@ Layout::
     [feeds]      feed compositions
     [initial]    biomass, substrate, product, precursor, oil (g/L), volume (L), dissolved_oxygen (%)
     [controls]   constant value of every manipulated variable the recipe does not set
-    [recipe]     file = "relative/path.csv" and/or phases = {variable = [[start_h, end_h, value(, value_end)], ...]}
+    [recipe]     file = "relative/path.csv" and/or phases = {variable = [[start_h, end_h, value(, value_end)], ...]};
+                 optional ph_loop_history = "strain.toml": `twin simulate` (without a posterior) adds
+                 the median acid + base inflow that strain's history recorded (the twin has no pH model)
     [solver]     method = "adaptive" | "fixed"; rtol, atol, dt, max_steps
     [sources]    free text per parameter or topic: where each value comes from
 """
@@ -56,7 +58,7 @@ _SCHEMA: dict[str, set[str]] = {
     "feeds": set(),
     "initial": {"biomass", "substrate", "product", "precursor", "oil", "volume", "dissolved_oxygen"},
     "controls": set(CONTROL_VARIABLES),
-    "recipe": {"file", "phases"},
+    "recipe": {"file", "phases", "ph_loop_history"},
     "solver": {"method", "rtol", "atol", "dt", "max_steps"},
     "sources": None,  # free
     "optimize": None,  # checked by twin.optimize.load_optimize_spec
@@ -82,6 +84,7 @@ class Scenario:
     options: Adaptive | FixedGrid
     sources: dict[str, str]
     raw: dict[str, Any]  # the TOML after overrides (for provenance)
+    ph_loop_history: Path | None = None  # [recipe] ph_loop_history: a strain file (see `twin simulate`)
 
     @property
     def ts(self):
@@ -323,6 +326,12 @@ def load_scenario(path: str | Path, *, overrides: dict[str, Any] | None = None,
                                 value=missing)
         recipe = recipe_from_phases(phases, defaults=defaults, span=span, where=inline_where)
     recipe.check_covers(*span, where=where)
+    ph_history = None
+    if "ph_loop_history" in rec:
+        ph_history = (path.parent / str(rec["ph_loop_history"])).resolve()
+        if not ph_history.is_file():
+            raise ScenarioError("strain file not found", where=where, field="recipe.ph_loop_history",
+                                value=str(ph_history))
     sp = recipe.profiles["precursor_setpoint"]
     top = float(max(np.max(np.asarray(sp.value)), np.max(np.asarray(sp.value_end))))
     if top > 0 and not float(model.feeds.precursor_conc) > top:
@@ -358,7 +367,8 @@ def load_scenario(path: str | Path, *, overrides: dict[str, Any] | None = None,
     return Scenario(name=str(sc["name"]), title=str(sc.get("title", sc["name"])), path=path,
                     duration_h=duration, output_every_h=every, model=model, recipe=recipe, y0=y0,
                     control_defaults=defaults, options=options,
-                    sources={str(k): str(v) for k, v in raw.get("sources", {}).items()}, raw=raw)
+                    sources={str(k): str(v) for k, v in raw.get("sources", {}).items()}, raw=raw,
+                    ph_loop_history=ph_history)
 
 
 def _first(recipe: Recipe, var: str) -> float:
