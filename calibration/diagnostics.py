@@ -139,7 +139,8 @@ def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batc
                noise: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
     """Posterior-predictive observations on the data grid: `{variable: (D, B, G)}`.
 
-    With `noise=True` each draw's measurement noise is added (what a new measurement would read).
+    With `noise=True` each draw's measurement noise is added (what a new measurement would read,
+    raised to the variable's `floor` where the strain gives one).
     """
     dt = float(spec.inference["dt"])
     params, factors = batch_draws(spec, draws, data.n_batches, new_batches=new_batches,
@@ -163,5 +164,7 @@ def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batc
             a = np.asarray(draws.get(f"sd_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
             c = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
             m = m + rng.normal(size=m.shape) * np.sqrt(a**2 + (c * m) ** 2)
+            if o.floor is not None:
+                m = np.maximum(m, o.floor)  # the lab reports a reading below its floor as the floor
         out[o.variable] = m
     return out

@@ -17,6 +17,11 @@ recipe on a fixed grid (exact gradients for the discrete model, predictable cost
 once with `jax.vmap`. Observation $y$ of variable $v$ at time $t$:
 $$y \sim N(\hat y(t),\ a_v^2 + (c_v \hat y(t))^2),\qquad a_v \sim N^+(0, A_v),\ c_v \sim N^+(0, C_v)$$
 (additive for online signals, multiplicative for assays, or both).
+Where the strain gives the variable a `floor` (a lab that reports any reading below it as the
+floor, e.g. residual sugar clipped at 0), a reading at or below the floor is left-censored: it
+contributes $\log P(y \le f) = \log\Phi((f - \hat y)/\sigma)$ (Tobin 1958) instead of a density
+at the floor, which would read every clipped reading as exact and pull the fit and the noise
+scale towards it.
 """
 
 from __future__ import annotations
@@ -283,7 +288,20 @@ def calibration_model(spec: StrainSpec, model: FermentationModel, data: Calibrat
         sd = jnp.sqrt(a**2 + (c * pred) ** 2 + 1e-12)
         if predict_only:
             continue
-        with numpyro.handlers.mask(mask=data.obs_mask[o.variable]):
+        mask = data.obs_mask[o.variable]
+        if o.floor is not None and observed:
+            # a reading at or below the floor says only "at most floor" (left-censored)
+            censored = mask & (data.obs_y[o.variable] <= o.floor)
+            numpyro.factor(f"censored_{o.variable}", censored_loglik(pred, sd, o.floor, censored))
+            mask = mask & ~censored
+        with numpyro.handlers.mask(mask=mask):
             numpyro.sample(f"obs_{o.variable}", dist.Normal(pred, sd),
                            obs=data.obs_y[o.variable] if observed else None)
     return traj
+
+
+def censored_loglik(pred, sd, floor: float, censored):
+    r"""$\sum \log P(y \le f)$ over the `censored` readings: $\log\Phi((f - \hat y)/\sigma)$ each,
+    with the normal noise model of the exact readings (`pred`, `sd` broadcast with `censored`)."""
+    z = (floor - pred) / sd
+    return jnp.sum(jnp.where(censored, jax.scipy.stats.norm.logcdf(jnp.where(censored, z, 0.0)), 0.0))

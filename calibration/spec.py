@@ -14,8 +14,11 @@ Layout::
     [batch_effects] parameters = [names]; sd_prior = half-normal scale of the log-scale batch SD;
                     parameterisation = "non-centred" (default) | "centred" (see calibration.model)
     [initial]       NAME = { log_sd = s }  -- per-batch uncertain initial amount (log scale)
-    [observations]  VARIABLE = { sd = a, cv = b, every_h = k }; noise SD = sqrt(a^2 + (b pred)^2),
-                    a and b are half-normal priors' scales (0 fixes that part to zero)
+    [observations]  VARIABLE = { sd = a, cv = b, every_h = k, floor = f }; noise SD =
+                    sqrt(a^2 + (b pred)^2), a and b are half-normal priors' scales (0 fixes that
+                    part to zero); floor (optional, the variable's internal unit): the lab reports
+                    any reading below it as `f`, so a reading at or below it says only "at most
+                    f" (a left-censored observation, see calibration.model)
     [inference]     method = "nuts" | "svi"; chains, warmup, samples, dt, seed, svi_steps,
                     max_tree_depth, target_accept, warm_start (NUTS starts from an SVI fit: true),
                     laplace_starts (mode searches of the SVI start, best Laplace evidence wins: 4),
@@ -81,6 +84,7 @@ class ObservationSpec:
     sd: float  # half-normal scale of the additive noise SD (internal unit), 0 = none
     cv: float  # half-normal scale of the relative noise SD, 0 = none
     every_h: float  # thin to one observation per this many hours (0: keep all)
+    floor: float | None = None  # readings at or below it are left-censored ("at most floor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,14 +205,16 @@ def load_strain(path: str | Path) -> StrainSpec:
         if var not in OBSERVABLE:
             raise _err("the model does not observe this variable", path, f"observations.{var}",
                        hint=f"observable: {', '.join(OBSERVABLE)}")
-        if not isinstance(spec, dict) or set(spec) - {"sd", "cv", "every_h"}:
-            raise _err("an observation is { sd = ..., cv = ..., every_h = ... }", path, f"observations.{var}", spec)
+        if not isinstance(spec, dict) or set(spec) - {"sd", "cv", "every_h", "floor"}:
+            raise _err("an observation is { sd = ..., cv = ..., every_h = ..., floor = ... }", path,
+                       f"observations.{var}", spec)
         sd = _num(spec.get("sd", 0.0), path, f"observations.{var}.sd", nonneg=True)
         cv = _num(spec.get("cv", 0.0), path, f"observations.{var}.cv", nonneg=True)
         if sd == 0 and cv == 0:
             raise _err("needs sd > 0 or cv > 0", path, f"observations.{var}")
         every = _num(spec.get("every_h", 0.0), path, f"observations.{var}.every_h", nonneg=True)
-        obs.append(ObservationSpec(var, sd, cv, every))
+        floor = _num(spec["floor"], path, f"observations.{var}.floor") if "floor" in spec else None
+        obs.append(ObservationSpec(var, sd, cv, every, floor))
     if not any(o.variable == "product" for o in obs):
         raise _err("the product must be observed to calibrate a strain", path, "observations.product")
 

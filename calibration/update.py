@@ -120,6 +120,7 @@ class Prediction:
     mean: dict[str, np.ndarray]
     noise: dict[str, tuple[np.ndarray, np.ndarray]]
     n_failed: int
+    floors: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def grid(self) -> np.ndarray:
@@ -127,11 +128,12 @@ class Prediction:
 
     def at(self, variable: str, b: int, t, rng: np.random.Generator) -> np.ndarray:
         """Predictive draws `(D, len(t))` of an assay of `variable` in batch `b` at times `t`,
-        with each draw's noise."""
+        with each draw's noise (raised to the variable's floor, as the lab reports it)."""
         m = np.stack([np.interp(t, self.grid, row) for row in self.mean[variable][:, b]])
         sd, cv = self.noise.get(variable, (np.zeros(len(m)), np.zeros(len(m))))
         s = np.sqrt(sd[:, None] ** 2 + (cv[:, None] * m) ** 2)
-        return m + s * rng.standard_normal(m.shape)
+        y = m + s * rng.standard_normal(m.shape)
+        return np.maximum(y, self.floors[variable]) if variable in self.floors else y
 
 
 def predict_new_batches(spec: StrainSpec, batch_set: BatchSet, recipes: dict, draws: dict, *,
@@ -174,7 +176,8 @@ def predict_new_batches(spec: StrainSpec, batch_set: BatchSet, recipes: dict, dr
         cv = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(D)), dtype=float)
         noise[o.variable] = (sd[ok], cv[ok])
     mean = {k: v[ok] for k, v in mean.items()}
-    return Prediction(data, mean, noise, int(D - ok.sum()))
+    floors = {o.variable: o.floor for o in spec.observations if o.floor is not None}
+    return Prediction(data, mean, noise, int(D - ok.sum()), floors)
 
 
 def _realised(record, run_draws: bool) -> dict:

@@ -212,3 +212,69 @@ def test_gaussian_vi_with_two_draws_per_step_recovers_a_correlated_gaussian():
         assert fit.rejected == 0
         np.testing.assert_allclose(fit.loc, m, atol=0.08)
         np.testing.assert_allclose(fit.covariance, S, atol=0.1)
+
+
+def test_censored_loglik_is_the_normal_cdf_below_the_floor_and_stays_finite_in_the_tail():
+    import jax
+    import jax.numpy as jnp
+    import scipy.stats
+
+    from calibration.model import censored_loglik
+
+    pred = jnp.asarray([0.0, 0.5, 2.0, 300.0, 1.0])
+    sd = jnp.asarray([1.0, 0.2, 0.5, 1.0, 1.0])
+    cens = jnp.asarray([True, True, True, True, False])
+    want = scipy.stats.norm.logcdf((0.1 - np.asarray(pred)) / np.asarray(sd))[:4].sum()
+    assert float(censored_loglik(pred, sd, 0.1, cens)) == pytest.approx(want, rel=1e-10)
+    g = jax.grad(lambda p: censored_loglik(p, sd, 0.1, cens))(pred)
+    assert np.all(np.isfinite(np.asarray(g))) and float(g[4]) == 0.0  # 300 SDs into the tail: finite
+
+
+def test_a_reading_at_or_below_the_floor_says_only_at_most_the_floor(tmp_path):
+    """With `floor`, the potential does not depend on a censored reading's value (only that it is
+    at or below the floor), still depends on the exact ones, and equals the plain model's when no
+    reading is at or below the floor; predictive readings are raised to the floor."""
+    import dataclasses
+
+    from calibration.diagnostics import predictive
+    from calibration.infer import _model_fn, load_history
+    from calibration.vi import potential
+
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("substrate = { sd = 0.05, cv = 0.1 }",
+                                       "substrate = { sd = 0.05, cv = 0.1, floor = 0.2 }"))
+    spec = load_strain(p)
+    assert [o.floor for o in spec.observations if o.variable == "substrate"] == [0.2]
+    plain = dataclasses.replace(spec, observations=tuple(dataclasses.replace(o, floor=None)
+                                                         for o in spec.observations))
+    bs, recipes = load_history(spec)
+    data = build_data(spec, bs.select(list(bs.batch_ids)[:2]), recipes)
+    y, m = np.asarray(data.obs_y["substrate"]), np.asarray(data.obs_mask["substrate"])
+    cens = m & (y <= 0.2)
+    assert 3 <= cens.sum() < m.sum() - 3  # some readings of each kind
+
+    def U(s, values):
+        d = dataclasses.replace(data, obs_y={**data.obs_y, "substrate": values})
+        pot = potential(_model_fn(s, d), seed=0)
+        return pot, pot(pot.x0 + 0.1)[0]
+
+    pot, base = U(spec, data.obs_y["substrate"])
+    moved = np.where(cens, y * 0.5 - 0.01, y)  # censored readings moved, still <= floor
+    assert U(spec, moved)[1] == pytest.approx(base, rel=0, abs=1e-9)
+    exact = np.where(m & ~cens, y * 1.05, y)
+    assert abs(U(spec, exact)[1] - base) > 1e-3
+    # no reading at or below the floor: the plain model's potential
+    lifted = np.where(cens, 0.25, y)
+    assert U(spec, lifted)[1] == pytest.approx(U(plain, lifted)[1], rel=0, abs=1e-9)
+    # the predictive reads as the lab does: never below the floor, and at it where censored
+    draws = {k: np.asarray(v) for k, v in pot.constrain(pot.x0[None] + 0.1).items()}
+    pred = predictive(spec, data, draws, noise=True)["substrate"]
+    assert pred.min() == 0.2
+
+
+def test_floor_must_be_a_number(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("substrate = { sd = 0.05, cv = 0.1 }",
+                                       "substrate = { sd = 0.05, cv = 0.1, floor = 'zero' }"))
+    with pytest.raises(ScenarioError, match=r"field 'observations.substrate.floor': must be a finite number"):
+        load_strain(p)
