@@ -99,7 +99,6 @@ def main(argv=None) -> dict[str, float]:
     ap.add_argument("--draws", type=int, default=64)
     args = ap.parse_args(argv)
 
-
     from calibration.diagnostics import flat_draws, predictive
     from calibration.infer import calibrate, load_history, load_posterior
     from calibration.model import build_data
