@@ -601,3 +601,44 @@ def test_forecast_applies_the_combination_weight(post):
     assert full.total_product_kg["median"] == pytest.approx(alone.total_product_kg["median"], rel=1e-12)
     rt = ForecastErrors.from_dict(json.loads(json.dumps(errors(0.3).to_dict())))
     assert rt.combination(0.5, "total_product") == (pytest.approx(0.3), pytest.approx(ref_total))
+
+
+def test_student_t_logcdf_matches_scipy():
+    import scipy.stats
+
+    from twin.forecast import student_t_logcdf
+
+    x = np.array([-60.0, -5.0, -1.0, -0.1, 0.0, 0.1, 1.0, 5.0, 60.0])
+    np.testing.assert_allclose(np.asarray(student_t_logcdf(jnp.asarray(x), 4.0)),
+                               scipy.stats.t.logcdf(x, 4.0), rtol=1e-10, atol=1e-12)
+
+
+def test_readings_at_or_below_the_strains_floor_are_censored_in_the_forecast(post):
+    """With a floor on residual sugar (as calibration reads it), the forecast's likelihood of a
+    particle does not depend on the value of a reading at or below the floor, only that it is
+    there; it still depends on the exact readings."""
+    import equinox as eqx
+
+    from twin.forecast import _build_problem, _run
+
+    obs = tuple(dataclasses.replace(o, floor=0.05) if o.variable == "substrate" else o
+                for o in post.spec.observations)
+    floored = dataclasses.replace(post, spec=dataclasses.replace(post.spec, observations=obs))
+    record, plan, _ = make_batch(post, 7)
+    at, t_end = 100.0, float(post.spec.scenario.duration_h)
+    recipe = running_recipe(record, plan, at, dt=float(post.spec.inference["dt"]), t_end=t_end)
+    pb = _build_problem(floored, record, recipe, at, t_end)
+    y, m = np.asarray(pb.obs_y["substrate"]), np.asarray(pb.obs_m["substrate"])
+    cens = m & (y <= 0.05)
+    assert cens.sum() >= 2 and (m & ~cens).sum() >= 2
+    G = jnp.asarray(pb.sites.globals_from_draws(floored.draws)[0])
+    L = jnp.zeros(pb.sites.n_local)
+
+    def ll(values):
+        moved = eqx.tree_at(lambda p: p.obs_y, pb, {**pb.obs_y, "substrate": jnp.asarray(values)})
+        return float(_run(moved, G, L)[0])
+
+    base = ll(y)
+    assert np.isfinite(base)
+    assert ll(np.where(cens, y * 0.5 - 0.01, y)) == pytest.approx(base, rel=0, abs=1e-9)
+    assert abs(ll(np.where(m & ~cens, y * 1.1, y)) - base) > 1e-3

@@ -559,6 +559,7 @@ class _Problem(eqx.Module):
     obs_y: dict
     obs_m: dict
     fixed_noise: dict  # {online variable: (sd, cv)} of `OnlineSignal`s (not from the posterior)
+    floors: dict  # {variable: floor} where readings at or below it are left-censored (the strain's)
     log_median: Float[Array, " params"]
     log_sd: Float[Array, " params"]
     names: tuple[str, ...] = eqx.field(static=True)
@@ -601,8 +602,10 @@ def _build_problem(posterior: StrainPosterior, record: BatchRecord, recipe: Reci
         obs_t[o.variable], obs_y[o.variable], obs_m[o.variable] = (jnp.asarray(T), jnp.asarray(Y),
                                                                    jnp.asarray(M))
     grid = jnp.arange(0.0, t_end + dt / 2, dt)
+    floors = {o.variable: jnp.asarray(o.floor, dtype=float) for o in spec.observations
+              if o.floor is not None and o.variable in obs_t}
     return _Problem(model=spec.scenario.model, recipe=recipe, y0=_initial_state(record, spec.scenario),
-                    grid=grid, obs_t=obs_t, obs_y=obs_y, obs_m=obs_m, fixed_noise=fixed_noise,
+                    grid=grid, obs_t=obs_t, obs_y=obs_y, obs_m=obs_m, fixed_noise=fixed_noise, floors=floors,
                     log_median=jnp.asarray([math.log(p.median) for p in spec.priors]),
                     log_sd=jnp.asarray([p.log_sd for p in spec.priors]),
                     names=tuple(p.name for p in spec.priors), keys=tuple(p.key for p in spec.priors),
@@ -651,13 +654,29 @@ def _run(pb: _Problem, g: Float[Array, " g"], loc: Float[Array, " l"]):
         sd = jnp.sqrt(a**2 + (c * pred) ** 2 + 1e-12)
         r = jnp.where(pb.obs_m[v], (pb.obs_y[v] - pred) / sd, 0.0)
         rho = 0.5 * (ROBUST_DF + 1.0) * jnp.log1p(r**2 / ROBUST_DF)  # Student-t, -log density
-        resid.append(jnp.sign(r) * jnp.sqrt(2.0 * rho))  # 0.5 |resid|^2 = sum of rho
-        ll = ll + jnp.sum(jnp.where(pb.obs_m[v], -rho - jnp.log(sd) + _T_CONST, 0.0))
+        log_density = -rho - jnp.log(sd) + _T_CONST
+        if v in pb.floors:
+            # a reading at or below the strain's floor says only "at most floor" (as in calibration)
+            censored = pb.obs_m[v] & (pb.obs_y[v] <= pb.floors[v])
+            log_p = student_t_logcdf(jnp.where(censored, (pb.floors[v] - pred) / sd, 0.0), ROBUST_DF)
+            rho = jnp.where(censored, -log_p, rho)
+            r = jnp.where(censored, 1.0, r)  # only its sign is used below: the fit pushes pred down
+            log_density = jnp.where(censored, log_p, log_density)
+        resid.append(jnp.sign(r) * jnp.sqrt(2.0 * jnp.maximum(rho, 0.0)))  # 0.5 |resid|^2 = sum of rho
+        ll = ll + jnp.sum(jnp.where(pb.obs_m[v], log_density, 0.0))
     total = traj.total_product  # g
     titer = traj.states.product / traj.states.volume
     ok = jnp.all(jnp.isfinite(total)) & jnp.all(jnp.isfinite(titer)) & jnp.all(traj.states.volume > 0)
     ll = jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
     return ll, jnp.concatenate(resid), {"total": total, "titer": titer, "volume": traj.states.volume}
+
+
+def student_t_logcdf(x, df: float):
+    r"""$\log P(T \le x)$ of a standard Student-t with `df` degrees of freedom, through the
+    regularised incomplete beta function: $P(T \le x) = \frac12 I_{\nu/(\nu + x^2)}(\nu/2, 1/2)$
+    for $x \le 0$, one minus that for $x > 0$."""
+    tail = 0.5 * jax.scipy.special.betainc(0.5 * df, 0.5, df / (df + x * x))
+    return jnp.where(x <= 0.0, jnp.log(tail), jnp.log1p(-tail))
 
 
 @eqx.filter_jit
