@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import twin  # noqa: E402,F401
-from calibration.diagnostics import check, flat_draws, predictive  # noqa: E402
+from calibration.diagnostics import check, flat_draws, predictive, randomised_pit  # noqa: E402
 from calibration.infer import calibrate, load_history  # noqa: E402
 from calibration.model import build_data  # noqa: E402
 from calibration.spec import load_strain  # noqa: E402
@@ -80,17 +80,6 @@ def run_nuts(warmup: int, samples: int, chains: int):
     t = time.perf_counter()
     res = calibrate(spec, method="nuts", warmup=warmup, samples=samples, chains=chains)
     return res, time.perf_counter() - t
-
-
-def randomised_pit(draws: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Randomised probability integral transform of readings `y` (n,) under predictive draws
-    (D, n): uniform between the fraction of draws below the reading and the fraction at or below
-    it. For a continuous predictive this is the plain PIT; where the predictive has a point mass
-    (readings raised to a floor, e.g. residual sugar clipped at 0) it keeps the PIT uniform, so a
-    reading at the floor is not counted inside every interval that reaches down to it."""
-    below = np.mean(draws < y, axis=0)
-    at_or_below = np.mean(draws <= y, axis=0)
-    return below + rng.uniform(size=y.shape) * (at_or_below - below)
 
 
 def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):

@@ -13,7 +13,7 @@ import pandas as pd
 from .model import CalibrationData, _scale_y0, batch_parameters, observe, simulate_batches
 from .spec import StrainSpec
 
-__all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "ADVICE"]
+__all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "randomised_pit", "ADVICE"]
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -168,3 +168,14 @@ def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batc
                 m = np.maximum(m, o.floor)  # the lab reports a reading below its floor as the floor
         out[o.variable] = m
     return out
+
+
+def randomised_pit(draws: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Randomised probability integral transform of readings `y` (n,) under predictive draws
+    (D, n): uniform between the fraction of draws below the reading and the fraction at or below
+    it. For a continuous predictive this is the plain PIT; where the predictive has a point mass
+    (readings raised to a floor, e.g. residual sugar clipped at 0) it keeps the PIT uniform, so a
+    reading at the floor is not counted inside every interval that reaches down to it."""
+    below = np.mean(draws < y, axis=0)
+    at_or_below = np.mean(draws <= y, axis=0)
+    return below + rng.uniform(size=y.shape) * (at_or_below - below)

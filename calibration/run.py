@@ -11,7 +11,7 @@ from twin.io import atomic_path
 from twin.plots import plot_fit, plot_parameters
 from twin.report import write_json
 
-from .diagnostics import check, flat_draws, predictive, summary_table
+from .diagnostics import check, flat_draws, predictive, randomised_pit, summary_table
 from .infer import CalibrationResult, calibrate, save_posterior
 from .spec import OBSERVABLE, load_strain
 
@@ -35,17 +35,20 @@ def write_outputs(result: CalibrationResult, out: Path, *, n_predictive: int = 1
     pred = predictive(spec, result.data, draws)
     obs = {v: (result.data.obs_t[v], result.data.obs_y[v], result.data.obs_mask[v]) for v in result.data.variables}
     coverage = {}
+    rng = np.random.default_rng(0)
+    grid = np.asarray(result.data.grid)
     for v, p in pred.items():
-        lo, hi = np.percentile(p, [5, 95], axis=0)  # (B, G)
         t, y, m = (np.asarray(a) for a in obs[v])
-        lo_t = np.stack([np.interp(t[i], np.asarray(result.data.grid), lo[i]) for i in range(len(t))])
-        hi_t = np.stack([np.interp(t[i], np.asarray(result.data.grid), hi[i]) for i in range(len(t))])
-        inside = (y >= lo_t) & (y <= hi_t)
-        coverage[v] = float(inside[m].mean())
+        inside = []
+        for i in range(len(t)):
+            d = np.stack([np.interp(t[i][m[i]], grid, row) for row in p[:, i]])
+            inside.append(np.abs(randomised_pit(d, y[i][m[i]], rng) - 0.5) <= 0.45)
+        coverage[v] = float(np.concatenate(inside).mean())
     diag["in_sample_90pct_coverage"] = coverage
     plot_fit(result.data.grid, pred, obs, result.data.batches,
              title=f"{spec.name}: {result.method.upper()} fit to {result.data.n_batches} batches",
-             path=out / "fit.png", units=OBSERVABLE)
+             path=out / "fit.png", units=OBSERVABLE,
+             floors={o.variable: o.floor for o in spec.observations if o.floor is not None})
     post = {p.key: idata.posterior[p.key] for p in spec.priors}
     plot_parameters([p.key for p in spec.priors], [p.unit for p in spec.priors],
                     [p.median for p in spec.priors], [p.log_sd for p in spec.priors], post,

@@ -182,7 +182,7 @@ def _unit_of(var: str) -> str:
 
 
 def plot_fit(grid, predictive: dict, observations: dict, batches, *, title: str,
-             path: str | os.PathLike, units: dict | None = None) -> Path:
+             path: str | os.PathLike, units: dict | None = None, floors: dict | None = None) -> Path:
     """Every batch (rows) and measured variable (columns): data points over the posterior
     predictive median with 50 % and 90 % bands.
 
@@ -191,7 +191,10 @@ def plot_fit(grid, predictive: dict, observations: dict, batches, *, title: str,
         predictive: `{variable: (draws, batches, G)}`.
         observations: `{variable: (times (B, N), values (B, N), mask (B, N))}`.
         batches: batch ids (B,).
+        floors: `{variable: floor}`: readings at or below it (left-censored, "at most floor")
+            are drawn as open circles.
     """
+    floors = floors or {}
     variables = list(predictive)
     B = len(batches)
     fig, axes = plt.subplots(B, len(variables), figsize=(3.3 * len(variables), 1.9 * B + 0.8),
@@ -208,7 +211,10 @@ def plot_fit(grid, predictive: dict, observations: dict, batches, *, title: str,
             ax.plot(g, q[2], color="C0", lw=1.2)
             if var in observations:
                 t, y, m = (np.asarray(a) for a in observations[var])
-                ax.plot(t[i][m[i]], y[i][m[i]] * scale, "o", ms=2.5, color="k")
+                c = m[i] & (y[i] <= floors[var]) if var in floors else np.zeros_like(m[i])
+                ax.plot(t[i][m[i] & ~c], y[i][m[i] & ~c] * scale, "o", ms=2.5, color="k")
+                if c.any():
+                    ax.plot(t[i][c], y[i][c] * scale, "o", ms=3.0, mfc="none", mec="k", mew=0.6)
             if i == 0:
                 unit = "m3" if var == "volume" else (units or {}).get(var, "")
                 ax.set_title(f"{var.replace('_', ' ')} ({unit})", fontsize=9)
@@ -218,8 +224,11 @@ def plot_fit(grid, predictive: dict, observations: dict, batches, *, title: str,
             ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("time, h", fontsize=8)
-    fig.suptitle(title + "\nblack: data; blue: posterior predictive median, 50 % and 90 % bands", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (1.9 * B + 0.8)))
+    legend = "black: data; blue: posterior predictive median, 50 % and 90 % bands"
+    if floors:
+        legend += "\nopen circles: readings at or below the lab's floor, read as 'at most' (censored)"
+    fig.suptitle(title + "\n" + legend, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.8 if floors else 0.6) / (1.9 * B + 0.8)))
     return save(fig, path, dpi=90)
 
 
