@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import twin  # noqa: E402,F401
-from calibration.diagnostics import check, flat_draws, predictive, randomised_pit  # noqa: E402
+from calibration.diagnostics import check, flat_draws, predictive, reading_pits  # noqa: E402
 from calibration.infer import calibrate, load_history  # noqa: E402
 from calibration.model import build_data  # noqa: E402
 from calibration.spec import load_strain  # noqa: E402
@@ -96,13 +96,9 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
         res = calibrate(spec, method="svi", batches=train, svi_steps=steps, samples=draws)
         data_test = build_data(spec, bs.select(test), recipes)
         pred = predictive(spec, data_test, flat_draws(res.idata), new_batches=True, noise=True, seed=f)
-        grid = np.asarray(data_test.grid)
         for v, p in pred.items():
-            t, y, m = (np.asarray(a) for a in (data_test.obs_t[v], data_test.obs_y[v], data_test.obs_mask[v]))
-            for i in range(len(test)):
-                ti, yi = t[i][m[i]], y[i][m[i]]
-                draws_i = np.stack([np.interp(ti, grid, row) for row in p[:, i]])  # (D, n)
-                u = randomised_pit(draws_i, yi, rng)
+            obs = (data_test.obs_t[v], data_test.obs_y[v], data_test.obs_mask[v])
+            for u in reading_pits(p, data_test.grid, *obs, rng):
                 for level, store in ((90, hits), (50, hits50)):
                     inside = np.abs(u - 0.5) <= level / 200.0
                     store.setdefault(v, []).extend(inside.tolist())

@@ -36,24 +36,18 @@ START_H, END_H = 24.0, 230.0
 FEEDS = ("substrate_feed", "oil_feed")
 
 
-def hourly(recipe, variable: str, t_end: float = END_H):
-    """The profile resampled to hourly constant phases (the value at each hour's middle)."""
+def variant(base, name: str, split_h: float):
+    """The default recipe with its sugar and oil feeds, resampled to hourly constant phases (the
+    value at each hour's middle), changed as `name` says (module docstring)."""
     import jax.numpy as jnp
 
     from twin.recipe import Profile, sample
 
-    t = np.arange(0.0, t_end)
-    v = np.asarray(sample(recipe, variable, t + 0.5), dtype=float)
-    return t, v, lambda w: Profile(jnp.asarray(t), jnp.asarray(t_end), jnp.asarray(w), jnp.asarray(w))
-
-
-def variant(base, name: str, split_h: float):
-    """The default recipe with its sugar and oil feeds changed as `name` says (module docstring)."""
+    t = np.arange(0.0, END_H)
+    early, late = (t >= START_H) & (t < split_h), t >= split_h
     r = base
     for var in FEEDS:
-        t, v, make = hourly(base, var)
-        early = (t >= START_H) & (t < split_h)
-        late = t >= split_h
+        v = np.asarray(sample(base, var, t + 0.5), dtype=float)
         f = np.ones_like(v)
         if name == "late_plus_15":
             f[late] = 1.15
@@ -63,7 +57,8 @@ def variant(base, name: str, split_h: float):
             f[late] = 1.0 + a * v[early].sum() / v[late].sum()
         elif name != "default":
             raise ValueError(f"unknown variant {name!r}")
-        r = r.with_profile(var, make(v * f))
+        w = jnp.asarray(v * f)
+        r = r.with_profile(var, Profile(jnp.asarray(t), jnp.asarray(END_H), w, w))
     return r
 
 

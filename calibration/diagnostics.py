@@ -13,7 +13,8 @@ import pandas as pd
 from .model import CalibrationData, _scale_y0, batch_parameters, observe, simulate_batches
 from .spec import StrainSpec
 
-__all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "randomised_pit", "ADVICE"]
+__all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "randomised_pit",
+           "reading_pits", "assay_readings", "ADVICE"]
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -163,9 +164,7 @@ def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batc
         if noise:
             a = np.asarray(draws.get(f"sd_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
             c = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
-            m = m + rng.normal(size=m.shape) * np.sqrt(a**2 + (c * m) ** 2)
-            if o.floor is not None:
-                m = np.maximum(m, o.floor)  # the lab reports a reading below its floor as the floor
+            m = assay_readings(m, a, c, o.floor, rng)
         out[o.variable] = m
     return out
 
@@ -179,3 +178,23 @@ def randomised_pit(draws: np.ndarray, y: np.ndarray, rng: np.random.Generator) -
     below = np.mean(draws < y, axis=0)
     at_or_below = np.mean(draws <= y, axis=0)
     return below + rng.uniform(size=y.shape) * (at_or_below - below)
+
+
+def assay_readings(true: np.ndarray, sd, cv, floor: float | None, rng: np.random.Generator) -> np.ndarray:
+    """What the lab would read for `true` values: normal noise of SD sqrt(sd^2 + (cv true)^2)
+    (`sd`, `cv` broadcast with `true`), a reading below the variable's `floor` reported as the
+    floor (None: no floor)."""
+    y = true + rng.standard_normal(np.shape(true)) * np.sqrt(sd**2 + (cv * true) ** 2)
+    return y if floor is None else np.maximum(y, floor)
+
+
+def reading_pits(pred: np.ndarray, grid, t, y, mask, rng: np.random.Generator) -> list[np.ndarray]:
+    """Randomised PIT (`randomised_pit`) of each batch's readings under predictive draws on the
+    grid: `pred` (D, B, G); `t`, `y`, `mask` (B, N). One array per batch, its masked readings in
+    order."""
+    grid, t, y, mask = (np.asarray(a) for a in (grid, t, y, mask))
+    out = []
+    for i in range(len(t)):
+        ti, yi = t[i][mask[i]], y[i][mask[i]]
+        out.append(randomised_pit(np.stack([np.interp(ti, grid, row) for row in pred[:, i]]), yi, rng))
+    return out

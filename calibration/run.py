@@ -11,7 +11,7 @@ from twin.io import atomic_path
 from twin.plots import plot_fit, plot_parameters
 from twin.report import write_json
 
-from .diagnostics import check, flat_draws, predictive, randomised_pit, summary_table
+from .diagnostics import check, flat_draws, predictive, reading_pits, summary_table
 from .infer import CalibrationResult, calibrate, save_posterior
 from .spec import OBSERVABLE, load_strain
 
@@ -36,14 +36,9 @@ def write_outputs(result: CalibrationResult, out: Path, *, n_predictive: int = 1
     obs = {v: (result.data.obs_t[v], result.data.obs_y[v], result.data.obs_mask[v]) for v in result.data.variables}
     coverage = {}
     rng = np.random.default_rng(0)
-    grid = np.asarray(result.data.grid)
     for v, p in pred.items():
-        t, y, m = (np.asarray(a) for a in obs[v])
-        inside = []
-        for i in range(len(t)):
-            d = np.stack([np.interp(t[i][m[i]], grid, row) for row in p[:, i]])
-            inside.append(np.abs(randomised_pit(d, y[i][m[i]], rng) - 0.5) <= 0.45)
-        coverage[v] = float(np.concatenate(inside).mean())
+        u = np.concatenate(reading_pits(p, result.data.grid, *obs[v], rng))
+        coverage[v] = float(np.mean(np.abs(u - 0.5) <= 0.45))
     diag["in_sample_90pct_coverage"] = coverage
     plot_fit(result.data.grid, pred, obs, result.data.batches,
              title=f"{spec.name}: {result.method.upper()} fit to {result.data.n_batches} batches",

@@ -53,7 +53,7 @@ from twin.errors import DataError
 from twin.io import atomic_path
 from twin.report import write_json
 
-from .diagnostics import batch_draws, flat_draws
+from .diagnostics import assay_readings, batch_draws, flat_draws
 from .infer import (
     CalibrationResult,
     PosteriorError,
@@ -131,9 +131,7 @@ class Prediction:
         with each draw's noise (raised to the variable's floor, as the lab reports it)."""
         m = np.stack([np.interp(t, self.grid, row) for row in self.mean[variable][:, b]])
         sd, cv = self.noise.get(variable, (np.zeros(len(m)), np.zeros(len(m))))
-        s = np.sqrt(sd[:, None] ** 2 + (cv[:, None] * m) ** 2)
-        y = m + s * rng.standard_normal(m.shape)
-        return np.maximum(y, self.floors[variable]) if variable in self.floors else y
+        return assay_readings(m, sd[:, None], cv[:, None], self.floors.get(variable), rng)
 
 
 def predict_new_batches(spec: StrainSpec, batch_set: BatchSet, recipes: dict, draws: dict, *,

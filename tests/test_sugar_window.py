@@ -1,7 +1,7 @@
 """benchmarks/sugar_window.py: the censored (Tobit) level recovers a planted residual-sugar level
 from readings clipped at 0, where the plain mean lies high; the plant's window and the twin's
 sugar factor are the documented laws, with slopes that agree with finite differences; and the
-randomised PIT through which benchmarks/calibration.py reads held-out coverage stays uniform when
+randomised PIT (calibration.diagnostics) through which coverage is read stays uniform when
 readings are clipped at 0."""
 
 from __future__ import annotations
@@ -46,18 +46,19 @@ def test_plant_window_and_twin_factor_are_the_documented_laws():
 
 
 def test_randomised_pit_is_uniform_with_a_point_mass_at_the_floor():
-    """benchmarks/calibration.py reads held-out coverage through the randomised PIT: readings drawn
-    from the predictive itself, clipped at 0 (a third of them at 0), fall inside the central 90 %
-    and 50 % intervals at the nominal rates; counting a reading at 0 as inside any interval that
+    """Coverage is read through the randomised PIT (benchmarks/calibration.py, diagnostics.json):
+    readings drawn from the predictive itself, clipped at 0 (a third of them at 0), fall inside
+    the central 90 % and 50 % intervals at the nominal rates; counting a reading at 0 as inside any interval that
     reaches down to 0 (the percentile check) would put far more inside the 50 % one."""
-    cal = _load("calibration")
+    from calibration.diagnostics import randomised_pit
+
     rng = np.random.default_rng(5)
     n, D = 4000, 400
     mu = rng.uniform(-0.001, 0.003, n)
     draws = np.maximum(mu + 0.002 * rng.standard_normal((D, n)), 0.0)
     y = np.maximum(mu + 0.002 * rng.standard_normal(n), 0.0)
     assert 0.25 < np.mean(y == 0) < 0.45
-    u = cal.randomised_pit(draws, y, rng)
+    u = randomised_pit(draws, y, rng)
     assert np.mean(np.abs(u - 0.5) <= 0.45) == pytest.approx(0.90, abs=0.02)
     assert np.mean(np.abs(u - 0.5) <= 0.25) == pytest.approx(0.50, abs=0.03)
     lo, hi = np.percentile(draws, [25, 75], axis=0)

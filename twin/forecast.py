@@ -655,14 +655,15 @@ def _run(pb: _Problem, g: Float[Array, " g"], loc: Float[Array, " l"]):
         r = jnp.where(pb.obs_m[v], (pb.obs_y[v] - pred) / sd, 0.0)
         rho = 0.5 * (ROBUST_DF + 1.0) * jnp.log1p(r**2 / ROBUST_DF)  # Student-t, -log density
         log_density = -rho - jnp.log(sd) + _T_CONST
+        sign = jnp.sign(r)
         if v in pb.floors:
             # a reading at or below the strain's floor says only "at most floor" (as in calibration)
             censored = pb.obs_m[v] & (pb.obs_y[v] <= pb.floors[v])
             log_p = student_t_logcdf(jnp.where(censored, (pb.floors[v] - pred) / sd, 0.0), ROBUST_DF)
             rho = jnp.where(censored, -log_p, rho)
-            r = jnp.where(censored, 1.0, r)  # only its sign is used below: the fit pushes pred down
+            sign = jnp.where(censored, 1.0, sign)
             log_density = jnp.where(censored, log_p, log_density)
-        resid.append(jnp.sign(r) * jnp.sqrt(2.0 * jnp.maximum(rho, 0.0)))  # 0.5 |resid|^2 = sum of rho
+        resid.append(sign * jnp.sqrt(2.0 * jnp.maximum(rho, 0.0)))  # 0.5 |resid|^2 = sum of rho
         ll = ll + jnp.sum(jnp.where(pb.obs_m[v], log_density, 0.0))
     total = traj.total_product  # g
     titer = traj.states.product / traj.states.volume
