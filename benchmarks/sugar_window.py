@@ -16,8 +16,12 @@ there the sugar of some batches rises above 10 mg/L for a few hours) this prints
     plain mean of the assays would read the zeros as exact and lie high;
   - the twin's posterior-predictive residual sugar at the same assay times (each batch with its
     own fitted batch effects, the median over draws), averaged over the assays;
-  - IndPenSim's window P_inhib and its log-slope (% per mg/L) at the history's level, and the
-    twin's own sugar factor S / (K_P + S + S^2/K_IP) and its log-slope at the twin's level.
+  - the plant's true residual sugar at the same assay times, without the lab's noise and floor,
+    where the history carries it (the demo's `truth.parquet`, which calibration never reads): a
+    check on the censored level above, and where the plant's window really sits;
+  - IndPenSim's window P_inhib and its log-slope (% per mg/L) at the true level (at the history's
+    censored level where there is no truth), and the twin's own sugar factor
+    S / (K_P + S + S^2/K_IP) and its log-slope at the twin's level.
 The posterior's substrate noise CV (cv_substrate; the assays' own is 5 % plus 2 mg/L) shows how
 much of the residual-sugar record the twin leaves to noise.
 
@@ -124,24 +128,28 @@ def main(argv=None) -> dict[str, float]:
         ys.append(yb)
         twin.append(np.interp(tb, grid, med[b]))
     ts, ys, twin = (np.concatenate(a) for a in (ts, ys, twin))
+    truth = _true_sugar(spec, data, bs)
     K_P = _production_constant(spec, draws, "K_P")
     K_IP = _production_constant(spec, draws, "K_IP")
 
     print(f"residual sugar, mg/L ({data.n_batches} history batches, {args.draws} posterior draws; "
           f"twin's K_P {1e3 * K_P:.2f} mg/L, K_IP {K_IP:.3g} g/L)")
-    print(f"{'window h':>10} {'assays':>6} {'zeros':>6} {'history level':>15} {'spread':>7} {'twin':>6} "
-          f"{'plant window':>13} {'slope %/mg/L':>13} {'twin factor':>12} {'slope %/mg/L':>13}")
+    print(f"{'window h':>10} {'assays':>6} {'zeros':>6} {'history level':>15} {'spread':>7} {'true':>6} "
+          f"{'twin':>6} {'plant window':>13} {'slope %/mg/L':>13} {'twin factor':>12} {'slope %/mg/L':>13}")
     head: dict[str, float] = {}
     for lo, hi in WINDOWS:
         sel = (ts >= lo) & (ts < hi)
         hm, hsd, hse = censored_level(ys[sel])
         tm = float(np.mean(twin[sel]))
-        pw, ps = plant_window(hm)
+        true = float(np.mean(truth[sel])) if truth is not None else float("nan")
+        pw, ps = plant_window(true if truth is not None else hm)
         tf, tsl = twin_factor(tm, K_P, K_IP)
         print(f"{lo:4.0f}-{hi:<5.0f} {int(sel.sum()):6d} {np.mean(ys[sel] <= 0):6.2f} {1e3 * hm:8.2f} +-{1e3 * hse:4.2f} "
-              f"{1e3 * hsd:7.2f} {1e3 * tm:6.2f} {pw:13.2f} {ps:+13.1f} {tf:12.2f} {tsl:+13.1f}")
+              f"{1e3 * hsd:7.2f} {1e3 * true:6.2f} {1e3 * tm:6.2f} {pw:13.2f} {ps:+13.1f} {tf:12.2f} {tsl:+13.1f}")
         tag = f"{lo:.0f}_{hi:.0f}h"
         head[f"history_sugar_{tag}_mg_L"] = round(1e3 * hm, 2)
+        if truth is not None:
+            head[f"true_sugar_{tag}_mg_L"] = round(1e3 * true, 2)
         head[f"twin_sugar_{tag}_mg_L"] = round(1e3 * tm, 2)
         head[f"plant_window_slope_{tag}_pct_per_mg_L"] = round(ps, 1)
         head[f"twin_factor_slope_{tag}_pct_per_mg_L"] = round(tsl, 1)
@@ -153,6 +161,30 @@ def main(argv=None) -> dict[str, float]:
     for k, v in head.items():
         print(f"{k}: {v}")
     return head
+
+
+def _true_sugar(spec, data, bs) -> np.ndarray | None:
+    """The plant's noise-free residual sugar (g/L) at each substrate assay, in the order `main`
+    collects the assays (batch by batch), from `truth.parquet` beside the history; None where
+    the history has none. The truth is recorded at the assay times, in g/L."""
+    import pandas as pd
+
+    path = spec.data_dir / "truth.parquet" if spec.data_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    t = pd.read_parquet(path)
+    t = t[t["variable"] == "substrate"]
+    if set(t["unit"]) != {"g/L"}:
+        raise ValueError(f"{path}: field 'unit': residual sugar must be in g/L, got {sorted(set(t['unit']))}")
+    out = []
+    for b, batch in enumerate(data.batches):
+        mask = np.asarray(data.obs_mask["substrate"][b])
+        tb = np.asarray(data.obs_t["substrate"][b])[mask]
+        g = t[t["batch"] == batch].sort_values("time_h")
+        if g.empty:
+            return None
+        out.append(np.interp(tb, g["time_h"].to_numpy(), g["value"].to_numpy()))
+    return np.concatenate(out)
 
 
 def _production_constant(spec, draws: dict, key: str) -> float:

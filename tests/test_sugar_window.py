@@ -63,3 +63,31 @@ def test_randomised_pit_is_uniform_with_a_point_mass_at_the_floor():
     assert np.mean(np.abs(u - 0.5) <= 0.25) == pytest.approx(0.50, abs=0.03)
     lo, hi = np.percentile(draws, [25, 75], axis=0)
     assert np.mean((y >= lo) & (y <= hi)) > 0.6
+
+
+def test_true_sugar_is_the_plants_noise_free_record_at_the_assays():
+    """The benchmark's 'true' column: the demo's truth.parquet at each substrate assay of the
+    calibration data, in the order the assays are collected; readings are that plus noise, floored
+    at 0 (so no reading is negative and the truth is never below 0)."""
+    import pandas as pd
+
+    from calibration.infer import load_history
+    from calibration.model import build_data
+    from calibration.spec import load_strain
+
+    sw = _load("sugar_window")
+    spec = load_strain(sw.STRAIN)
+    bs, recipes = load_history(spec)
+    data = build_data(spec, bs, recipes)
+    true = sw._true_sugar(spec, data, bs)
+    t = pd.read_parquet(spec.data_dir / "truth.parquet")
+    t = t[t["variable"] == "substrate"]
+    rows = []
+    for b, batch in enumerate(data.batches):
+        m = np.asarray(data.obs_mask["substrate"][b])
+        for tt in np.asarray(data.obs_t["substrate"][b])[m]:
+            g = t[(t["batch"] == batch) & (np.abs(t["time_h"] - tt) < 1e-9)]
+            assert len(g) == 1, (batch, tt)
+            rows.append(float(g["value"].iloc[0]))
+    np.testing.assert_array_equal(true, np.array(rows))
+    assert np.all(true >= 0) and 0.0005 < np.median(true) < 0.005  # a few mg/L in the fed phase
