@@ -11,7 +11,12 @@ Measured in one run (each part optional):
            rest): coverage of the 90 % (and 50 %) posterior-predictive intervals for the final
            titer and for every offline assay of the held-out batches (new batch effects drawn
            from the population), read through the randomised PIT (`randomised_pit`) so that a
-           reading at a floor (residual sugar reported as 0) is not inside by a tie.
+           reading at a floor (residual sugar reported as 0) is not inside by a tie. Also, per
+           variable, what makes the intervals as wide as they are: the predictive's median
+           relative SD at the readings in full, without the new batch effects (each draw's
+           population median batch), and without the measurement noise, against the robust
+           relative spread of the readings around the predictive median (1.4826 x the median
+           absolute relative residual); and the coverage without the new batch effects.
   recovery synthetic strain, parameters held at its [synthetic] truth: fraction of true values
            inside their 90 % interval over repeated datasets drawn from the calibration model
            (fresh batch effects, initial states, noise each time; SVI).
@@ -90,14 +95,26 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
     order = list(rng.permutation(ids))
     hits = {"final_titer": []}
     hits50 = {"final_titer": []}
+    spread: dict[str, dict[str, list]] = {}
+    hits_centre: dict[str, list] = {}
     for f in range(folds):
         test = order[f * per_fold:(f + 1) * per_fold]
         train = [b for b in ids if b not in test]
         res = calibrate(spec, method="svi", batches=train, svi_steps=steps, samples=draws)
         data_test = build_data(spec, bs.select(test), recipes)
-        pred = predictive(spec, data_test, flat_draws(res.idata), new_batches=True, noise=True, seed=f)
+        post = flat_draws(res.idata)
+        pred = predictive(spec, data_test, post, new_batches=True, noise=True, seed=f)
+        centre_post = {k: (np.zeros_like(d) if k.startswith("tau_") else d) for k, d in post.items()}
+        centre = predictive(spec, data_test, centre_post, new_batches=True, noise=True, seed=f)
+        quiet = predictive(spec, data_test, post, new_batches=True, noise=False, seed=f)
         for v, p in pred.items():
             obs = (data_test.obs_t[v], data_test.obs_y[v], data_test.obs_mask[v])
+            s = spread.setdefault(v, {"full": [], "centre": [], "no_noise": [], "readings": []})
+            for name, q in (("full", p), ("centre", centre[v]), ("no_noise", quiet[v])):
+                s[name].extend(_relative_sd(q, data_test.grid, *obs))
+            s["readings"].extend(_relative_residuals(p, data_test.grid, *obs))
+            for u in reading_pits(centre[v], data_test.grid, *obs, rng):
+                hits_centre.setdefault(v, []).extend((np.abs(u - 0.5) <= 0.45).tolist())
             for u in reading_pits(p, data_test.grid, *obs, rng):
                 for level, store in ((90, hits), (50, hits50)):
                     inside = np.abs(u - 0.5) <= level / 200.0
@@ -105,8 +122,38 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
                     if v == "product":
                         store["final_titer"].append(bool(inside[-1]))
         print(f"fold {f + 1}/{folds}: held out {test}", flush=True)
+    widths = {v: {**{k: float(np.median(x)) for k, x in s.items() if k != "readings"},
+                  "readings": 1.4826 * float(np.median(np.abs(s["readings"]))),
+                  "coverage_centre": float(np.mean(hits_centre[v]))} for v, s in spread.items()}
     return ({k: (float(np.mean(v)), len(v)) for k, v in hits.items()},
-            {k: float(np.mean(v)) for k, v in hits50.items()})
+            {k: float(np.mean(v)) for k, v in hits50.items()}, widths)
+
+
+def _at_readings(pred, grid, t, y, mask):
+    """(draws at each masked reading (D, n), the readings (n,)) over all batches."""
+    grid, t, y, mask = (np.asarray(a) for a in (grid, t, y, mask))
+    cols, ys = [], []
+    for i in range(len(t)):
+        ti = t[i][mask[i]]
+        cols.append(np.stack([np.interp(ti, grid, row) for row in np.asarray(pred)[:, i]]))
+        ys.append(y[i][mask[i]])
+    return np.concatenate(cols, axis=1), np.concatenate(ys)
+
+
+def _relative_sd(pred, grid, t, y, mask) -> list[float]:
+    """The predictive's SD over its median at each reading whose median is positive."""
+    d, _ = _at_readings(pred, grid, t, y, mask)
+    med = np.median(d, axis=0)
+    ok = med > 0
+    return (np.std(d[:, ok], axis=0) / med[ok]).tolist()
+
+
+def _relative_residuals(pred, grid, t, y, mask) -> list[float]:
+    """(reading - predictive median) / predictive median at each reading whose median is positive."""
+    d, ys = _at_readings(pred, grid, t, y, mask)
+    med = np.median(d, axis=0)
+    ok = med > 0
+    return ((ys[ok] - med[ok]) / med[ok]).tolist()
 
 
 def recovery(reps: int, steps: int, draws: int):
@@ -177,10 +224,20 @@ def main(argv=None):
         head["svi_vs_nuts_max_z"] = round(max(z.values()), 2)
         head["svi_sd_over_nuts_sd_median"] = round(float(np.median([ms[k][1] / mn[k][1] for k in keys])), 2)
     if "holdout" in parts:
-        cov, cov50 = holdout(a.folds, a.per_fold, a.svi_steps, 200)
+        cov, cov50, widths = holdout(a.folds, a.per_fold, a.svi_steps, 200)
         for k, (c, n) in cov.items():
             print(f"held-out coverage, {k}: 90 % interval {c:.3f}, 50 % interval {cov50[k]:.3f} over {n} observations")
             head[f"holdout_coverage_{k}"] = round(c, 3)
+        print("held-out predictive width (median relative SD at the readings) vs the readings' robust relative spread:")
+        for k, w in widths.items():
+            print(f"  {k}: full {100 * w['full']:.1f} %, without new batch effects {100 * w['centre']:.1f} %, "
+                  f"without noise {100 * w['no_noise']:.1f} %; readings {100 * w['readings']:.1f} %; "
+                  f"90 % coverage without new batch effects {w['coverage_centre']:.3f}")
+            head[f"holdout_relsd_{k}_pct"] = round(100 * w["full"], 1)
+            head[f"holdout_relsd_no_batch_effects_{k}_pct"] = round(100 * w["centre"], 1)
+            head[f"holdout_relsd_no_noise_{k}_pct"] = round(100 * w["no_noise"], 1)
+            head[f"holdout_residual_spread_{k}_pct"] = round(100 * w["readings"], 1)
+            head[f"holdout_coverage_no_batch_effects_{k}"] = round(w["coverage_centre"], 3)
         for k, c in cov50.items():
             head[f"holdout_coverage50_{k}"] = round(c, 3)
     if "recovery" in parts:

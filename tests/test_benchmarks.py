@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -107,3 +108,24 @@ def test_closed_loop_sugar_stall_counts_hours_of_piled_up_sugar():
     sugar[(t > 80) & (t <= 84)] = 3.0
     stall = _load("closed_loop").sugar_stall_h(pd.DataFrame({"time_h": t, "substrate": sugar}))
     assert stall == pytest.approx(4.0, abs=1e-9)
+
+
+def test_calibration_benchmark_reads_widths_and_residuals_at_the_readings():
+    """benchmarks/calibration.py's width diagnostics: the predictive's relative SD at each masked
+    reading (interpolated between grid points) and the readings' relative residuals from the
+    predictive median, on draws whose relative SD is 10 % by construction."""
+    cb = _load("calibration")
+    rng = np.random.default_rng(3)
+    grid = np.linspace(0.0, 10.0, 11)
+    level = 2.0 + grid  # the predictive median, per grid point
+    z = rng.standard_normal((4000, 1, 1))
+    pred = np.broadcast_to(level * (1.0 + 0.1 * z), (4000, 2, 11))
+    t = np.array([[2.5, 7.0, 9.9], [1.0, 4.0, 0.0]])
+    mask = np.array([[True, True, True], [True, True, False]])
+    true_level = 2.0 + t
+    y = true_level * np.array([[1.05, 0.9, 1.0], [1.2, 1.0, 123.0]])
+    sd = cb._relative_sd(pred, grid, t, y, mask)
+    assert len(sd) == 5
+    np.testing.assert_allclose(sd, 0.1, rtol=0.05)
+    res = cb._relative_residuals(pred, grid, t, y, mask)
+    np.testing.assert_allclose(res, [0.05, -0.1, 0.0, 0.2, 0.0], atol=0.01)
