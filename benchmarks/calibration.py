@@ -16,7 +16,10 @@ Measured in one run (each part optional):
            relative SD at the readings in full, without the new batch effects (each draw's
            population median batch), and without the measurement noise, against the robust
            relative spread of the readings around the predictive median (1.4826 x the median
-           absolute relative residual); and the coverage without the new batch effects.
+           absolute relative residual); and the coverage without the new batch effects. And how
+           far the batch effects move the final titer: across the training batches, the SD of
+           log(final titer with each batch's fitted effects / at the population median), against
+           the SD over draws of the same log-ratio for new batch effects (both without noise).
   recovery synthetic strain, parameters held at its [synthetic] truth: fraction of true values
            inside their 90 % interval over repeated datasets drawn from the calibration model
            (fresh batch effects, initial states, noise each time; SVI).
@@ -97,6 +100,7 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
     hits50 = {"final_titer": []}
     spread: dict[str, dict[str, list]] = {}
     hits_centre: dict[str, list] = {}
+    titer_moves: dict[str, list] = {"fitted": [], "new": []}
     for f in range(folds):
         test = order[f * per_fold:(f + 1) * per_fold]
         train = [b for b in ids if b not in test]
@@ -107,6 +111,8 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
         centre_post = {k: (np.zeros_like(d) if k.startswith("tau_") else d) for k, d in post.items()}
         centre = predictive(spec, data_test, centre_post, new_batches=True, noise=True, seed=f)
         quiet = predictive(spec, data_test, post, new_batches=True, noise=False, seed=f)
+        for k, v in _titer_moves(spec, build_data(spec, bs.select(train), recipes), post, f).items():
+            titer_moves[k].append(v)
         for v, p in pred.items():
             obs = (data_test.obs_t[v], data_test.obs_y[v], data_test.obs_mask[v])
             s = spread.setdefault(v, {"full": [], "centre": [], "no_noise": [], "readings": []})
@@ -125,8 +131,28 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
     widths = {v: {**{k: float(np.median(x)) for k, x in s.items() if k != "readings"},
                   "readings": 1.4826 * float(np.median(np.abs(s["readings"]))),
                   "coverage_centre": float(np.mean(hits_centre[v]))} for v, s in spread.items()}
+    widths["final_titer_moves"] = {k: float(np.mean(v)) for k, v in titer_moves.items()}
     return ({k: (float(np.mean(v)), len(v)) for k, v in hits.items()},
             {k: float(np.mean(v)) for k, v in hits50.items()}, widths)
+
+
+def _titer_moves(spec, data, post, seed) -> dict[str, float]:
+    """How far batch effects move the final product (no noise), as SDs of log-ratios to the
+    population median's: `fitted`, across `data`'s batches of the posterior-median ratio with
+    each batch's own fitted effects; `new`, the median over batches of the SD over draws with
+    new effects. The initial-state deviations are each batch's own (fitted) in both."""
+    centre_post = {k: (np.zeros_like(d) if k.startswith("tau_") else d) for k, d in post.items()}
+    last = lambda d: np.asarray(d["product"])[:, :, -1]  # noqa: E731
+    own = last(predictive(spec, data, post, new_batches=False, noise=False, seed=seed))
+    centre = last(predictive(spec, data, centre_post, new_batches=False, noise=False, seed=seed))
+    new = {k: d for k, d in post.items() if not k.startswith("eps_")}
+    rng = np.random.default_rng(seed)
+    for k in spec.batch_effects:
+        new[f"eps_{k}"] = rng.standard_normal(np.shape(post[f"eps_{k}"]))
+    fresh = last(predictive(spec, data, new, new_batches=False, noise=False, seed=seed))
+    fitted = np.std(np.median(np.log(own / centre), axis=0))
+    drawn = float(np.median(np.std(np.log(fresh / centre), axis=0)))
+    return {"fitted": float(fitted), "new": drawn}
 
 
 def _at_readings(pred, grid, t, y, mask):
@@ -229,6 +255,11 @@ def main(argv=None):
             print(f"held-out coverage, {k}: 90 % interval {c:.3f}, 50 % interval {cov50[k]:.3f} over {n} observations")
             head[f"holdout_coverage_{k}"] = round(c, 3)
         print("held-out predictive width (median relative SD at the readings) vs the readings' robust relative spread:")
+        moves = widths.pop("final_titer_moves")
+        print(f"batch effects move the final titer (SD of the log-ratio to the population median): "
+              f"fitted, across training batches {100 * moves['fitted']:.1f} %; new, over draws {100 * moves['new']:.1f} %")
+        head["holdout_titer_moves_fitted_pct"] = round(100 * moves["fitted"], 1)
+        head["holdout_titer_moves_new_pct"] = round(100 * moves["new"], 1)
         for k, w in widths.items():
             print(f"  {k}: full {100 * w['full']:.1f} %, without new batch effects {100 * w['centre']:.1f} %, "
                   f"without noise {100 * w['no_noise']:.1f} %; readings {100 * w['readings']:.1f} %; "
