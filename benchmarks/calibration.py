@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import twin  # noqa: E402,F401
-from calibration.diagnostics import check, flat_draws, predictive, reading_pits  # noqa: E402
+from calibration.diagnostics import check, draws_at_readings, flat_draws, predictive, reading_pits  # noqa: E402
 from calibration.infer import calibrate, load_history  # noqa: E402
 from calibration.model import build_data  # noqa: E402
 from calibration.spec import load_strain  # noqa: E402
@@ -108,8 +108,7 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
         data_test = build_data(spec, bs.select(test), recipes)
         post = flat_draws(res.idata)
         pred = predictive(spec, data_test, post, new_batches=True, noise=True, seed=f)
-        centre_post = {k: (np.zeros_like(d) if k.startswith("tau_") else d) for k, d in post.items()}
-        centre = predictive(spec, data_test, centre_post, new_batches=True, noise=True, seed=f)
+        centre = predictive(spec, data_test, _population_centre(post), new_batches=True, noise=True, seed=f)
         quiet = predictive(spec, data_test, post, new_batches=True, noise=False, seed=f)
         for k, v in _titer_moves(spec, build_data(spec, bs.select(train), recipes), post, f).items():
             titer_moves[k].append(v)
@@ -141,10 +140,9 @@ def _titer_moves(spec, data, post, seed) -> dict[str, float]:
     population median's: `fitted`, across `data`'s batches of the posterior-median ratio with
     each batch's own fitted effects; `new`, the median over batches of the SD over draws with
     new effects. The initial-state deviations are each batch's own (fitted) in both."""
-    centre_post = {k: (np.zeros_like(d) if k.startswith("tau_") else d) for k, d in post.items()}
     last = lambda d: np.asarray(d["product"])[:, :, -1]  # noqa: E731
     own = last(predictive(spec, data, post, new_batches=False, noise=False, seed=seed))
-    centre = last(predictive(spec, data, centre_post, new_batches=False, noise=False, seed=seed))
+    centre = last(predictive(spec, data, _population_centre(post), new_batches=False, noise=False, seed=seed))
     new = {k: d for k, d in post.items() if not k.startswith("eps_")}
     rng = np.random.default_rng(seed)
     for k in spec.batch_effects:
@@ -155,15 +153,15 @@ def _titer_moves(spec, data, post, seed) -> dict[str, float]:
     return {"fitted": float(fitted), "new": drawn}
 
 
+def _population_centre(post: dict) -> dict:
+    """`post` with every batch-effect SD `tau_*` at 0: each draw's population median batch."""
+    return {k: (np.zeros_like(d) if k.startswith("tau_") else d) for k, d in post.items()}
+
+
 def _at_readings(pred, grid, t, y, mask):
     """(draws at each masked reading (D, n), the readings (n,)) over all batches."""
-    grid, t, y, mask = (np.asarray(a) for a in (grid, t, y, mask))
-    cols, ys = [], []
-    for i in range(len(t)):
-        ti = t[i][mask[i]]
-        cols.append(np.stack([np.interp(ti, grid, row) for row in np.asarray(pred)[:, i]]))
-        ys.append(y[i][mask[i]])
-    return np.concatenate(cols, axis=1), np.concatenate(ys)
+    pairs = list(draws_at_readings(pred, grid, t, y, mask))
+    return np.concatenate([d for d, _ in pairs], axis=1), np.concatenate([yi for _, yi in pairs])
 
 
 def _relative_sd(pred, grid, t, y, mask) -> list[float]:
@@ -254,12 +252,12 @@ def main(argv=None):
         for k, (c, n) in cov.items():
             print(f"held-out coverage, {k}: 90 % interval {c:.3f}, 50 % interval {cov50[k]:.3f} over {n} observations")
             head[f"holdout_coverage_{k}"] = round(c, 3)
-        print("held-out predictive width (median relative SD at the readings) vs the readings' robust relative spread:")
         moves = widths.pop("final_titer_moves")
         print(f"batch effects move the final titer (SD of the log-ratio to the population median): "
               f"fitted, across training batches {100 * moves['fitted']:.1f} %; new, over draws {100 * moves['new']:.1f} %")
         head["holdout_titer_moves_fitted_pct"] = round(100 * moves["fitted"], 1)
         head["holdout_titer_moves_new_pct"] = round(100 * moves["new"], 1)
+        print("held-out predictive width (median relative SD at the readings) vs the readings' robust relative spread:")
         for k, w in widths.items():
             print(f"  {k}: full {100 * w['full']:.1f} %, without new batch effects {100 * w['centre']:.1f} %, "
                   f"without noise {100 * w['no_noise']:.1f} %; readings {100 * w['readings']:.1f} %; "

@@ -14,7 +14,7 @@ from .model import CalibrationData, _scale_y0, batch_parameters, observe, simula
 from .spec import StrainSpec
 
 __all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "randomised_pit",
-           "reading_pits", "assay_readings", "ADVICE"]
+           "reading_pits", "draws_at_readings", "assay_readings", "ADVICE"]
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -188,13 +188,17 @@ def assay_readings(true: np.ndarray, sd, cv, floor: float | None, rng: np.random
     return y if floor is None else np.maximum(y, floor)
 
 
+def draws_at_readings(pred: np.ndarray, grid, t, y, mask):
+    """Per batch, `(draws (D, n), readings (n,))`: predictive draws on the grid, `pred` (D, B, G),
+    interpolated to the batch's masked reading times; `t`, `y`, `mask` (B, N)."""
+    pred, grid, t, y, mask = (np.asarray(a) for a in (pred, grid, t, y, mask))
+    for i in range(len(t)):
+        ti = t[i][mask[i]]
+        yield np.stack([np.interp(ti, grid, row) for row in pred[:, i]]), y[i][mask[i]]
+
+
 def reading_pits(pred: np.ndarray, grid, t, y, mask, rng: np.random.Generator) -> list[np.ndarray]:
     """Randomised PIT (`randomised_pit`) of each batch's readings under predictive draws on the
     grid: `pred` (D, B, G); `t`, `y`, `mask` (B, N). One array per batch, its masked readings in
     order."""
-    grid, t, y, mask = (np.asarray(a) for a in (grid, t, y, mask))
-    out = []
-    for i in range(len(t)):
-        ti, yi = t[i][mask[i]], y[i][mask[i]]
-        out.append(randomised_pit(np.stack([np.interp(ti, grid, row) for row in pred[:, i]]), yi, rng))
-    return out
+    return [randomised_pit(d, yi, rng) for d, yi in draws_at_readings(pred, grid, t, y, mask)]

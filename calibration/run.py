@@ -43,7 +43,7 @@ def write_outputs(result: CalibrationResult, out: Path, *, n_predictive: int = 1
     plot_fit(result.data.grid, pred, obs, result.data.batches,
              title=f"{spec.name}: {result.method.upper()} fit to {result.data.n_batches} batches",
              path=out / "fit.png", units=OBSERVABLE,
-             floors={o.variable: o.floor for o in spec.observations if o.floor is not None})
+             floors=spec.floors)
     post = {p.key: idata.posterior[p.key] for p in spec.priors}
     plot_parameters([p.key for p in spec.priors], [p.unit for p in spec.priors],
                     [p.median for p in spec.priors], [p.log_sd for p in spec.priors], post,

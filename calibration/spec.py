@@ -112,6 +112,11 @@ class StrainSpec:
     extra_data: tuple[Path, ...] = ()
 
     @property
+    def floors(self) -> dict[str, float]:
+        """`{variable: floor}` of the observed variables whose readings are floored by the lab."""
+        return {o.variable: o.floor for o in self.observations if o.floor is not None}
+
+    @property
     def parameter_names(self) -> list[str]:
         return [p.name for p in self.priors]
 

@@ -174,8 +174,7 @@ def predict_new_batches(spec: StrainSpec, batch_set: BatchSet, recipes: dict, dr
         cv = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(D)), dtype=float)
         noise[o.variable] = (sd[ok], cv[ok])
     mean = {k: v[ok] for k, v in mean.items()}
-    floors = {o.variable: o.floor for o in spec.observations if o.floor is not None}
-    return Prediction(data, mean, noise, int(D - ok.sum()), floors)
+    return Prediction(data, mean, noise, int(D - ok.sum()), spec.floors)
 
 
 def _realised(record, run_draws: bool) -> dict:

@@ -602,8 +602,7 @@ def _build_problem(posterior: StrainPosterior, record: BatchRecord, recipe: Reci
         obs_t[o.variable], obs_y[o.variable], obs_m[o.variable] = (jnp.asarray(T), jnp.asarray(Y),
                                                                    jnp.asarray(M))
     grid = jnp.arange(0.0, t_end + dt / 2, dt)
-    floors = {o.variable: jnp.asarray(o.floor, dtype=float) for o in spec.observations
-              if o.floor is not None and o.variable in obs_t}
+    floors = {v: jnp.asarray(f, dtype=float) for v, f in spec.floors.items() if v in obs_t}
     return _Problem(model=spec.scenario.model, recipe=recipe, y0=_initial_state(record, spec.scenario),
                     grid=grid, obs_t=obs_t, obs_y=obs_y, obs_m=obs_m, fixed_noise=fixed_noise, floors=floors,
                     log_median=jnp.asarray([math.log(p.median) for p in spec.priors]),
