@@ -129,3 +129,46 @@ def test_calibration_benchmark_reads_widths_and_residuals_at_the_readings():
     np.testing.assert_allclose(sd, 0.1, rtol=0.05)
     res = cb._relative_residuals(pred, grid, t, y, mask)
     np.testing.assert_allclose(res, [0.05, -0.1, 0.0, 0.2, 0.0], atol=0.01)
+
+
+def test_plant_ceiling_reshape_keeps_each_feed_total_and_the_default_at_unit_factors():
+    """The plant-ceiling family: the last window's factor restores the total, the reshaped recipe
+    holds each feed's default total from the first edge on (and before it, the default itself),
+    and unit factors give back the default's hourly feeds exactly."""
+    from twin.plants import default_recipe
+    from twin.recipe import sample
+
+    bench = _load("plant_ceiling")
+    base, edges = default_recipe(), [24.0, 60.0, 140.0, 230.0]
+    masses = bench.window_masses(base, edges)
+    f = {v: bench.full_factors(np.array([1.2, 0.8 if v == "oil_feed" else 0.9]), masses[v])
+         for v in bench.FEEDS}
+    for v, ff in f.items():
+        assert np.dot(ff, masses[v]) == pytest.approx(masses[v].sum(), rel=1e-12)
+    t = np.arange(0.0, 230.0, 0.5) + 0.25
+    new = bench.reshape(base, f, edges)
+    for v in bench.FEEDS:
+        before, after = sample(base, v, t), sample(new, v, t)
+        assert after.sum() == pytest.approx(before.sum(), rel=1e-12)
+        np.testing.assert_allclose(after[t < 24], before[t < 24], rtol=0, atol=0)
+        first = (t >= 24) & (t < 60)
+        np.testing.assert_allclose(after[first], 1.2 * before[first], rtol=1e-12)
+        assert float(new.total(v, 0.0, 230.0)) == pytest.approx(float(base.total(v, 0.0, 230.0)), rel=1e-9)
+    same = bench.reshape(base, {v: np.ones(3) for v in bench.FEEDS}, edges)
+    for v in bench.FEEDS:
+        np.testing.assert_array_equal(sample(same, v, t), sample(base, v, t))
+
+
+@pytest.mark.slow
+def test_plant_ceiling_benchmark_with_tiny_arguments(capsys):
+    """Two plant evaluations on one search seed, the best run on one other seed: every headline
+    printed, and the search's own starting point (the default) scores exactly 0 % on its seed."""
+    figures = _load("plant_ceiling").main(["--max-evals", "2", "--search-seeds", "200", "--test-seeds", "100",
+                                           "--edges", "24,120,230"])
+    out = capsys.readouterr().out
+    for name in ("plant_search_evals", "plant_search_best_gain_pct", "plant_ceiling_test_mean_gain_pct",
+                 "plant_ceiling_test_min_gain_pct", "plant_ceiling_peak_volume_max_m3", "wall_s"):
+        assert f"\n{name}: " in out, name
+    assert "eval   1: gain  +0.00 %" in out
+    assert figures["plant_search_best_gain_pct"] >= 0.0
+    assert figures["plant_ceiling_test_n_seeds"] == 1

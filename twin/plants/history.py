@@ -27,7 +27,7 @@ from .indpensim import (BATCH_H, NOISE_DESCRIPTION, STEP_H, SUGAR_FEED_G_L, Plan
                         default_recipe, pensimpy_version, run_batch)
 
 __all__ = ["parse_seeds", "operator_recipe", "history_seed", "generate_history", "write_history",
-           "compare_recipes", "PairedComparison", "REPORT_COLUMNS"]
+           "compare_recipes", "PairedComparison", "REPORT_COLUMNS", "plant_totals"]
 
 _MAX_SEEDS = 1000
 
@@ -272,6 +272,18 @@ def compare_recipes(recipe: Recipe, seeds: Sequence[int], *, baseline: Recipe | 
         if progress is not None:
             progress(j, s)
     return PairedComparison(pd.DataFrame(rows), runs)
+
+
+def plant_totals(job: tuple[Recipe, int]) -> dict[str, float]:
+    """Totals (`REPORT_COLUMNS`) of one plant batch, `job = (recipe, seed)`; a plant solver
+    failure gives `{"failed": message}` instead of raising. Picklable, for process pools (each
+    batch takes about 12 s of one core)."""
+    recipe, seed = job
+    try:
+        run = run_batch(recipe, int(seed))
+    except TwinError as e:
+        return {"failed": str(e)}
+    return {c: float(run.totals[c]) for c in REPORT_COLUMNS}
 
 
 def write_comparison_csv(cmp: PairedComparison, path) -> Path:
