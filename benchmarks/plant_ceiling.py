@@ -27,6 +27,7 @@ recipe method (a plant cannot be run hundreds of times per recipe). Test seeds a
 search.
 
     python benchmarks/plant_ceiling.py                       # about 17 min on 2 cores
+    python benchmarks/plant_ceiling.py --base out/optimize/recipe.csv --max-evals 1   # the recipe itself
     python benchmarks/plant_ceiling.py --max-evals 8 --search-seeds 200 --test-seeds 100-101
 
 Ends with `name: value` headline lines.
@@ -167,7 +168,11 @@ def main(argv=None) -> dict[str, float]:
     ap.add_argument("--base", type=Path, default=None,
                     help="recipe CSV to reshape instead of the default (e.g. twin optimize's recipe.csv); "
                          "gains stay against the default recipe")
-    ap.add_argument("--max-evals", type=int, default=48, help="plant evaluations of the search")
+    ap.add_argument("--start", default=None,
+                    help="comma-separated free factors the search starts from, group by group (the "
+                         "rest 1), e.g. an earlier run's best carbon factors for an --aeration run")
+    ap.add_argument("--max-evals", type=int, default=48,
+                    help="plant evaluations of the search (1: no search, the recipe itself on both seed sets)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
 
@@ -199,13 +204,22 @@ def main(argv=None) -> dict[str, float]:
         search = Search(pool, search_seeds, edges, base, groups, args.trust_region)
         lo, hi = 1.0 - args.trust_region, 1.0 + args.trust_region
         x0 = np.ones(search.n_free)
+        if args.start:
+            given = np.array([float(v) for v in args.start.split(",")])
+            if given.size > x0.size or np.any(np.abs(given - 1.0) > args.trust_region):
+                raise SystemExit(f"--start: at most {x0.size} factors within 1 +- {args.trust_region:g}, "
+                                 f"got {args.start}")
+            x0[:given.size] = given
         simplex = np.vstack([x0] + [x0 + 0.5 * args.trust_region * e for e in np.eye(search.n_free)])
         print(f"search on seeds {search_seeds}: {search.n_free} free factors ({', '.join('+'.join(g) for g in groups)} "
               f"on {args.base or 'the default recipe'}), windows {edges} h, "
               f"{args.max_evals} plant evaluations", flush=True)
-        scipy.optimize.minimize(search, x0, method="Nelder-Mead", bounds=[(lo, hi)] * search.n_free,
-                                options={"maxfev": args.max_evals, "initial_simplex": simplex,
-                                         "xatol": 0.01, "fatol": 0.05})
+        if args.max_evals <= 1:  # no search: the recipe itself
+            search(x0)
+        else:
+            scipy.optimize.minimize(search, x0, method="Nelder-Mead", bounds=[(lo, hi)] * search.n_free,
+                                    options={"maxfev": args.max_evals, "initial_simplex": simplex,
+                                             "xatol": 0.01, "fatol": 0.05})
         t_search = time.perf_counter() - t0
         best = min(search.record, key=lambda r: r["loss"])
         f = search.factors(best["x"])
