@@ -195,6 +195,10 @@ def main(argv=None) -> dict[str, float]:
 
         sc = load_scenario(ROOT / "scenarios" / "penicillin_indpensim.toml")
         base = read_recipe_csv(args.base, defaults=sc.control_defaults, span=(0.0, sc.duration_h))
+        default = default_recipe()
+        print(f"{args.base} against the default recipe, total over the batch: " + ", ".join(
+            f"{v} {100 * (float(base.total(v, 0.0, END_H)) / float(default.total(v, 0.0, END_H)) - 1):+.3f} %"
+            for v in (*FEEDS, "aeration")), flush=True)
     groups = [(v,) for v in FEEDS] if args.separate else [FEEDS]
     if args.aeration:
         groups.append(("aeration",))
