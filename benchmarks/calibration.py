@@ -110,7 +110,7 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
         pred = predictive(spec, data_test, post, new_batches=True, noise=True, seed=f)
         centre = predictive(spec, data_test, _population_centre(post), new_batches=True, noise=True, seed=f)
         quiet = predictive(spec, data_test, post, new_batches=True, noise=False, seed=f)
-        for k, v in _titer_moves(spec, build_data(spec, bs.select(train), recipes), post, f).items():
+        for k, v in _titer_moves(spec, res.data, post, f).items():
             titer_moves[k].append(v)
         for v, p in pred.items():
             obs = (data_test.obs_t[v], data_test.obs_y[v], data_test.obs_mask[v])
