@@ -267,3 +267,23 @@ def test_xla_loop_option_is_added_without_overriding_the_user(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS")
     _compile_loops_whole(100)
     assert os.environ["XLA_FLAGS"] == f"--xla_backend_extra_options={key}=100"
+
+
+def test_compilation_cache_keeps_every_program_unless_the_user_says_otherwise(tmp_path):
+    """Importing `twin` (fresh interpreter) points JAX's persistent cache at `$TWIN_CACHE_DIR/jax`
+    and keeps programs however quickly they compiled (min compile time 0 s; NumPyro's op-by-op
+    model trace compiles ~100 small ones per calibration); the user's
+    `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` wins."""
+    import subprocess
+    import sys
+
+    code = ("import twin, jax; c = jax.config; "
+            "print(c.jax_compilation_cache_dir, c.jax_persistent_cache_min_compile_time_secs)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    env["TWIN_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(tmp_path / "jax"), "0.0"]
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "2.5"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(tmp_path / "jax"), "2.5"]
