@@ -253,6 +253,11 @@ def plot_parameters(names, units, prior_median, prior_log_sd, posterior: dict, *
         if truth and name in truth:
             ax.axvline(truth[name], color="C3", ls="--", lw=1.2, label="truth")
         ax.set_xscale("log")
+        # labels at 1 and 3 per decade only: matplotlib's default also labels the minor ticks of
+        # an axis shorter than about a decade, at full size, and they ran into each other
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10.0, subs=(1.0, 3.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_yticks([])
         ax.set_title(f"{name} ({units[k]})", fontsize=9)
         ax.tick_params(labelsize=7)
