@@ -314,7 +314,7 @@ def main(argv=None):
         return
     if a.quick:
         a.svi_steps, a.warmup, a.samples, a.chains, a.folds, a.per_fold, a.reps = 20, 10, 10, 1, 1, 2, 1
-        a.sbc_reps, a.sbc_draws = 2, 9
+        a.sbc_reps, a.sbc_draws, a.new_batches = 2, 9, 2
     parts = a.parts.split(",")
     head = {}
     svi = nuts = None

@@ -131,6 +131,23 @@ def test_calibration_benchmark_reads_widths_and_residuals_at_the_readings():
     np.testing.assert_allclose(res, [0.05, -0.1, 0.0, 0.2, 0.0], atol=0.01)
 
 
+def test_calibration_benchmark_coverage_intervals_resample_whole_batches():
+    """The coverage's bootstrap interval resamples batches, not readings: 10 batches of 20
+    readings, 9 wholly inside the 90 % interval and 1 wholly outside, give pooled coverage 0.9
+    with an interval as wide as 10 Bernoulli trials (about 0.8-1.0), not 200 (about 0.87-0.93).
+    The final titer is each batch's last product reading; all inside gives exactly (1, 1)."""
+    cb = _load("calibration")
+    rng = np.random.default_rng(0)
+    inside, outside = np.full(20, 0.5), np.full(20, 0.99)
+    pits = {"product": [inside] * 9 + [outside], "biomass": [inside] * 10}
+    ci = cb.coverage_intervals(pits, rng)
+    lo, hi = ci["product"]
+    assert lo <= 0.9 <= hi
+    assert lo <= 0.81 and hi == 1.0
+    assert ci["final_titer"] == ci["product"]
+    assert ci["biomass"] == (1.0, 1.0)
+
+
 def test_plant_ceiling_reshape_keeps_each_feed_total_and_the_default_at_unit_factors():
     """The plant-ceiling family: the last window's factor restores the total, the reshaped recipe
     holds each feed's default total from the first edge on (and before it, the default itself),
