@@ -160,34 +160,29 @@ def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
             {k: float(np.mean(v)) for k, v in hits50.items()}, widths, coverage_intervals(pits, rng))
 
 
+def _inside_by_batch(pits: dict[str, list], level: float) -> dict[str, list[np.ndarray]]:
+    """`{variable: [per batch, whether each reading is inside the central `level` interval]}`
+    from `{variable: [one PIT array per batch]}`; `final_titer` is the product's last reading."""
+    per = {v: [np.abs(u - 0.5) <= level / 2 for u in arrays] for v, arrays in pits.items()}
+    if "product" in per:
+        per["final_titer"] = [x[-1:] for x in per["product"] if len(x)]
+    return per
+
+
 def coverage_intervals(pits: dict[str, list], rng: np.random.Generator, *, level: float = 0.9,
                        reps: int = 2000) -> dict[str, tuple[float, float]]:
     """90 % intervals of the coverage of the `level` predictive intervals by a bootstrap over
     batches (`pits`: `{variable: [one PIT array per batch]}`; the product's last reading gives
     `final_titer`). Readings of one batch share its batch effects, so they are resampled together:
     252 readings of 12 batches are not 252 independent trials."""
-    per = {v: [np.abs(u - 0.5) <= level / 2 for u in arrays] for v, arrays in pits.items()}
-    if "product" in per:
-        per["final_titer"] = [x[-1:] for x in per["product"] if len(x)]
     out = {}
-    for v, xs in per.items():
+    for v, xs in _inside_by_batch(pits, level).items():
         k = np.array([x.sum() for x in xs], dtype=float)
         n = np.array([x.size for x in xs], dtype=float)
         idx = rng.integers(0, len(xs), size=(reps, len(xs)))
         boot = k[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1.0)
         out[v] = (float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95)))
     return out
-
-
-def _benchmark(name: str):
-    """Another benchmark script as a module (loaded by path: this script's name shadows the
-    `calibration` package on a plain import)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def new_batches(seeds, steps: int | None, draws: int, seed: int = 0, res=None):
@@ -205,7 +200,9 @@ def new_batches(seeds, steps: int | None, draws: int, seed: int = 0, res=None):
         res = calibrate(spec, method="svi", svi_steps=steps, samples=draws)
     sc = spec.scenario
     records, recipes = {}, {}
-    for d in _benchmark("forecast").generate(seeds):
+    import benchmarks.forecast  # benchmarks/ as a namespace package: ROOT is on the path
+
+    for d in benchmarks.forecast.generate(seeds):
         bs = load_batch_dir(d)
         records.update(bs.records)
         for b in bs.batch_ids:
@@ -216,14 +213,10 @@ def new_batches(seeds, steps: int | None, draws: int, seed: int = 0, res=None):
     rng = np.random.default_rng(seed)
     pits = {v: reading_pits(p, data.grid, data.obs_t[v], data.obs_y[v], data.obs_mask[v], rng)
             for v, p in pred.items()}
-    cov, cov50 = {}, {}
-    for v, arrays in pits.items():
-        u = np.concatenate(arrays)
-        cov[v] = (float(np.mean(np.abs(u - 0.5) <= 0.45)), int(u.size))
-        cov50[v] = float(np.mean(np.abs(u - 0.5) <= 0.25))
-    last = np.array([a[-1] for a in pits["product"] if a.size])
-    cov["final_titer"] = (float(np.mean(np.abs(last - 0.5) <= 0.45)), int(last.size))
-    cov50["final_titer"] = float(np.mean(np.abs(last - 0.5) <= 0.25))
+    pooled = {level: {v: np.concatenate(xs) for v, xs in _inside_by_batch(pits, level).items()}
+              for level in (0.9, 0.5)}
+    cov = {v: (float(np.mean(x)), int(x.size)) for v, x in pooled[0.9].items()}
+    cov50 = {v: float(np.mean(x)) for v, x in pooled[0.5].items()}
     return cov, cov50, coverage_intervals(pits, rng)
 
 
