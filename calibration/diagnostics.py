@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from twin.simulate import grid_slope
+
 from .model import CalibrationData, _scale_y0, batch_parameters, observe, simulate_batches
 from .spec import StrainSpec
 
@@ -51,7 +53,7 @@ def check(idata: az.InferenceData) -> dict:
             out["note"] += (f"; {rejected} VI draws had a non-finite log posterior (the simulation "
                             "failed far in the tail) and were skipped")
         return out
-    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(("tau_", "sd_", "cv_"))]
+    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(("tau_", "sd_", "cv_", "timing_"))]
     rhat = az.rhat(post[vars_])
     ess = az.ess(post[vars_], method="bulk")
     rh = {v: float(np.nanmax(np.asarray(rhat[v]))) for v in vars_}
@@ -164,7 +166,8 @@ def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batc
         if noise:
             a = np.asarray(draws.get(f"sd_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
             c = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
-            m = assay_readings(m, a, c, o.floor, rng)
+            d = np.asarray(draws.get(f"timing_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
+            m = assay_readings(m, a, c, o.floor, rng, timing=d, slope=grid_slope(m, np.asarray(data.grid)))
         out[o.variable] = m
     return out
 
@@ -180,11 +183,14 @@ def randomised_pit(draws: np.ndarray, y: np.ndarray, rng: np.random.Generator) -
     return below + rng.uniform(size=y.shape) * (at_or_below - below)
 
 
-def assay_readings(true: np.ndarray, sd, cv, floor: float | None, rng: np.random.Generator) -> np.ndarray:
-    """What the lab would read for `true` values: normal noise of SD sqrt(sd^2 + (cv true)^2)
-    (`sd`, `cv` broadcast with `true`), a reading below the variable's `floor` reported as the
-    floor (None: no floor)."""
-    y = true + rng.standard_normal(np.shape(true)) * np.sqrt(sd**2 + (cv * true) ** 2)
+def assay_readings(true: np.ndarray, sd, cv, floor: float | None, rng: np.random.Generator, *,
+                   timing=0.0, slope=0.0) -> np.ndarray:
+    """What the lab would read for `true` values: normal noise of SD
+    sqrt(sd^2 + (cv true)^2 + (timing slope)^2) (`sd`, `cv`, `timing`, `slope` broadcast with
+    `true`; `slope` is d true / dt, `timing` in h: calibration.model), a reading below the
+    variable's `floor` reported as the floor (None: no floor)."""
+    scale = np.sqrt(sd**2 + (cv * true) ** 2 + (timing * slope) ** 2)
+    y = true + rng.standard_normal(np.shape(true)) * scale
     return y if floor is None else np.maximum(y, floor)
 
 

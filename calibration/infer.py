@@ -32,7 +32,7 @@ from .spec import StrainSpec, load_strain
 from .vi import GaussianFit, best_laplace, gaussian_vi, potential
 
 __all__ = ["CalibrationResult", "load_history", "load_batch_source", "calibrate", "save_posterior",
-           "load_posterior", "PosteriorError", "FORMAT_VERSION"]
+           "load_posterior", "check_noise_sites", "PosteriorError", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2  # 2: attributes dt and initial (what posterior draws need to simulate)
 
@@ -306,6 +306,8 @@ def _to_idata(spec: StrainSpec, data: CalibrationData, posterior: dict, stats: d
         "batch_effects": json.dumps(list(spec.batch_effects)),
         "batch_parameterisation": spec.batch_parameterisation,
         "initial": json.dumps({k: float(v) for k, v in spec.initial.items()}),
+        "observations": json.dumps({o.variable: {"sd": o.sd, "cv": o.cv, "timing_h": o.timing_h,
+                                                 "floor": o.floor} for o in spec.observations}),
         "dt": float(spec.inference["dt"]),
         "batches": json.dumps(list(data.batches)),
         "data_hash": hist_hash,
@@ -363,3 +365,21 @@ def load_posterior(path: str | os.PathLike, *, model=None) -> az.InferenceData:
                 f"'{attrs.get('strain')}', scenario '{attrs.get('scenario')}'); this model is {want}",
                 where=path, field="model_structure", hint="recalibrate with `twin calibrate` for this model")
     return idata
+
+
+def check_noise_sites(spec: StrainSpec, idata: az.InferenceData, where) -> None:
+    """Refuse a posterior that lacks a noise site the strain file's observation model has (e.g. a
+    `timing_h` added to the strain file after the posterior was made).
+
+    Raises:
+        PosteriorError: naming the file and the missing site.
+    """
+    have = set(idata.posterior.data_vars)
+    for o in spec.observations:
+        for site, scale in ((f"sd_{o.variable}", o.sd), (f"cv_{o.variable}", o.cv),
+                            (f"timing_{o.variable}", o.timing_h)):
+            if scale > 0 and site not in have:
+                raise PosteriorError(
+                    f"the posterior has no noise site '{site}' that the strain file's observation "
+                    f"model of {o.variable} needs (made with another [observations] section)",
+                    where=where, field=site, hint="recalibrate with `twin calibrate` for this strain file")

@@ -15,8 +15,15 @@ centred ones do not (Betancourt & Girolami 2015, Hamiltonian Monte Carlo for hie
 Uncertain initial amounts scale by $\exp(s\,\eta_b)$. Each batch is simulated with its own
 recipe on a fixed grid (exact gradients for the discrete model, predictable cost), all batches at
 once with `jax.vmap`. Observation $y$ of variable $v$ at time $t$:
-$$y \sim N(\hat y(t),\ a_v^2 + (c_v \hat y(t))^2),\qquad a_v \sim N^+(0, A_v),\ c_v \sim N^+(0, C_v)$$
-(additive for online signals, multiplicative for assays, or both).
+$$y \sim N(\hat y(t),\ a_v^2 + (c_v \hat y(t))^2 + (d_v \hat y'(t))^2),\qquad a_v \sim N^+(0, A_v),\
+c_v \sim N^+(0, C_v),\ d_v \sim N^+(0, D_v)$$
+(additive for online signals, multiplicative for assays, or both). The third term, where the strain
+gives the variable a `timing_h` ($D_v$, hours), is the model's timing error: a trajectory that runs
+$\delta$ h early or late misses by about $\hat y'(t)\,\delta$, large where the variable changes fast
+and nil where it levels off (the effective-variance treatment of an uncertain abscissa, Orear 1982,
+Am. J. Phys. 50, 912). Without it a relative-error term has to take the misfit of the fast phase
+(the onset of production) and then reads the slow end of the batch as far noisier than it is,
+which widens every predicted final titer (calibration/strains/penicillin_indpensim.toml).
 Where the strain gives the variable a `floor` (a lab that reports any reading below it as the
 floor, e.g. residual sugar clipped at 0), a reading at or below the floor is left-censored: it
 contributes $\log P(y \le f) = \log\Phi((f - \hat y)/\sigma)$ (Tobin 1958) instead of a density
@@ -39,7 +46,7 @@ from twin.data import BatchSet
 from twin.errors import DataError
 from twin.reactor import FermentationModel, set_parameters
 from twin.recipe import Profile, Recipe, snap_to_grid, stack_recipes
-from twin.simulate import FixedGrid, simulate
+from twin.simulate import FixedGrid, grid_slope, simulate
 from twin.state import ReactorState
 
 from .spec import StrainSpec
@@ -284,8 +291,14 @@ def calibration_model(spec: StrainSpec, model: FermentationModel, data: Calibrat
         a = numpyro.sample(f"sd_{o.variable}", dist.HalfNormal(o.sd)) if o.sd > 0 else 0.0
         c = numpyro.sample(f"cv_{o.variable}", dist.HalfNormal(o.cv)) if o.cv > 0 else 0.0
         pred_grid = observe(traj, o.variable)  # (B, G)
-        pred = jax.vmap(jnp.interp, in_axes=(0, None, 0))(data.obs_t[o.variable], data.grid, pred_grid)
-        sd = jnp.sqrt(a**2 + (c * pred) ** 2 + 1e-12)
+        at_readings = jax.vmap(jnp.interp, in_axes=(0, None, 0))
+        pred = at_readings(data.obs_t[o.variable], data.grid, pred_grid)
+        var = a**2 + (c * pred) ** 2 + 1e-12
+        if o.timing_h > 0:
+            d = numpyro.sample(f"timing_{o.variable}", dist.HalfNormal(o.timing_h))
+            slope = at_readings(data.obs_t[o.variable], data.grid, grid_slope(pred_grid, data.grid))
+            var = var + (d * slope) ** 2
+        sd = jnp.sqrt(var)
         if predict_only:
             continue
         mask = data.obs_mask[o.variable]

@@ -41,14 +41,15 @@ class PosteriorDraws:
     Attributes:
         params: `{public parameter name: (D,)}`, e.g. `{"kinetics.mu_max": ...}`.
         init_factors: `{state: (D,)}` multiplicative deviations of uncertain initial amounts.
-        noise: `{observed variable: (sd (D,), cv (D,))}` measurement noise.
+        noise: `{observed variable: (sd (D,), cv (D,), timing (D,))}` measurement noise: additive
+            SD, relative SD and timing error (h; see `calibration.model`).
         dt: fixed solver step (h) the posterior's likelihood was computed with.
         attrs: the posterior file's attributes (provenance).
     """
 
     params: dict[str, np.ndarray]
     init_factors: dict[str, np.ndarray]
-    noise: dict[str, tuple[np.ndarray, np.ndarray]]
+    noise: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     dt: float
     attrs: dict
 
@@ -96,12 +97,14 @@ def posterior_draws(idata: az.InferenceData, n: int | None = None, *, seed: int 
         eta = rng.standard_normal(D) if new_batch else np.zeros(D)
         factors[name] = np.exp(float(log_sd) * eta)
     noise = {}
+    prefixes = ("sd_", "cv_", "timing_")
     for v in post.data_vars:
-        for prefix in ("sd_", "cv_"):
+        for j, prefix in enumerate(prefixes):
             if v.startswith(prefix):
                 var = v[len(prefix):]
-                sd, cv = noise.get(var, (np.zeros(D), np.zeros(D)))
-                noise[var] = (flat(v), cv) if prefix == "sd_" else (sd, flat(v))
+                terms = list(noise.get(var, (np.zeros(D),) * len(prefixes)))
+                terms[j] = flat(v)
+                noise[var] = tuple(terms)
     return PosteriorDraws(params, factors, noise, float(attrs["dt"]), attrs)
 
 

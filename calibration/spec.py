@@ -85,6 +85,10 @@ class ObservationSpec:
     cv: float  # half-normal scale of the relative noise SD, 0 = none
     every_h: float  # thin to one observation per this many hours (0: keep all)
     floor: float | None = None  # readings at or below it are left-censored ("at most floor")
+    # half-normal scale (h) of the timing error: the model's trajectory may run early or late by
+    # about this much, which reads as noise of SD |slope| x timing where the variable changes
+    # fast (effective variance); 0 = none
+    timing_h: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,8 +214,8 @@ def load_strain(path: str | Path) -> StrainSpec:
         if var not in OBSERVABLE:
             raise _err("the model does not observe this variable", path, f"observations.{var}",
                        hint=f"observable: {', '.join(OBSERVABLE)}")
-        if not isinstance(spec, dict) or set(spec) - {"sd", "cv", "every_h", "floor"}:
-            raise _err("an observation is { sd = ..., cv = ..., every_h = ..., floor = ... }", path,
+        if not isinstance(spec, dict) or set(spec) - {"sd", "cv", "every_h", "floor", "timing_h"}:
+            raise _err("an observation is { sd = ..., cv = ..., timing_h = ..., every_h = ..., floor = ... }", path,
                        f"observations.{var}", spec)
         sd = _num(spec.get("sd", 0.0), path, f"observations.{var}.sd", nonneg=True)
         cv = _num(spec.get("cv", 0.0), path, f"observations.{var}.cv", nonneg=True)
@@ -219,7 +223,8 @@ def load_strain(path: str | Path) -> StrainSpec:
             raise _err("needs sd > 0 or cv > 0", path, f"observations.{var}")
         every = _num(spec.get("every_h", 0.0), path, f"observations.{var}.every_h", nonneg=True)
         floor = _num(spec["floor"], path, f"observations.{var}.floor") if "floor" in spec else None
-        obs.append(ObservationSpec(var, sd, cv, every, floor))
+        timing = _num(spec.get("timing_h", 0.0), path, f"observations.{var}.timing_h", nonneg=True)
+        obs.append(ObservationSpec(var, sd, cv, every, floor, timing))
     if not any(o.variable == "product" for o in obs):
         raise _err("the product must be observed to calibrate a strain", path, "observations.product")
 

@@ -52,6 +52,7 @@ from twin.data import BatchSet
 from twin.errors import DataError
 from twin.io import atomic_path
 from twin.report import write_json
+from twin.simulate import grid_slope
 
 from .diagnostics import assay_readings, batch_draws, flat_draws
 from .infer import (
@@ -59,6 +60,7 @@ from .infer import (
     PosteriorError,
     _history_hash,
     calibrate,
+    check_noise_sites,
     load_batch_source,
     load_history,
     load_posterior,
@@ -112,13 +114,13 @@ class Prediction:
         data: the new batches packed as calibration packs them (recipes as run, initial state).
         mean: `{variable: (D, B, G)}` noise-free predictions of each observed variable and
             `"total_product"` (g), `"volume_L"`.
-        noise: `{variable: (sd (D,), cv (D,))}` each draw's assay noise.
+        noise: `{variable: (sd (D,), cv (D,), timing (D,))}` each draw's assay noise.
         n_failed: draws whose simulation was not finite (dropped from the quantiles).
     """
 
     data: CalibrationData
     mean: dict[str, np.ndarray]
-    noise: dict[str, tuple[np.ndarray, np.ndarray]]
+    noise: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     n_failed: int
     floors: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -129,9 +131,13 @@ class Prediction:
     def at(self, variable: str, b: int, t, rng: np.random.Generator) -> np.ndarray:
         """Predictive draws `(D, len(t))` of an assay of `variable` in batch `b` at times `t`,
         with each draw's noise (raised to the variable's floor, as the lab reports it)."""
-        m = np.stack([np.interp(t, self.grid, row) for row in self.mean[variable][:, b]])
-        sd, cv = self.noise.get(variable, (np.zeros(len(m)), np.zeros(len(m))))
-        return assay_readings(m, sd[:, None], cv[:, None], self.floors.get(variable), rng)
+        rows = self.mean[variable][:, b]
+        m = np.stack([np.interp(t, self.grid, row) for row in rows])
+        slope = np.stack([np.interp(t, self.grid, row) for row in grid_slope(rows, self.grid)])
+        zero = np.zeros(len(m))
+        sd, cv, timing = self.noise.get(variable, (zero, zero, zero))
+        return assay_readings(m, sd[:, None], cv[:, None], self.floors.get(variable), rng,
+                              timing=timing[:, None], slope=slope)
 
 
 def predict_new_batches(spec: StrainSpec, batch_set: BatchSet, recipes: dict, draws: dict, *,
@@ -172,7 +178,8 @@ def predict_new_batches(spec: StrainSpec, batch_set: BatchSet, recipes: dict, dr
     for o in spec.observations:
         sd = np.asarray(draws.get(f"sd_{o.variable}", np.zeros(D)), dtype=float)
         cv = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(D)), dtype=float)
-        noise[o.variable] = (sd[ok], cv[ok])
+        timing = np.asarray(draws.get(f"timing_{o.variable}", np.zeros(D)), dtype=float)
+        noise[o.variable] = (sd[ok], cv[ok], timing[ok])
     mean = {k: v[ok] for k, v in mean.items()}
     return Prediction(data, mean, noise, int(D - ok.sum()), spec.floors)
 
@@ -289,6 +296,7 @@ def check_old_posterior(spec: StrainSpec, path: Path):
         raise PosteriorError(f"the posterior was fitted on a {attrs.get('dt')} h grid, the strain file "
                              f"says {spec.inference['dt']} h", where=path, field="dt",
                              hint="recalibrate from scratch (without --update-with)")
+    check_noise_sites(spec, idata, path)
     return idata
 
 
@@ -302,7 +310,7 @@ def start_values(idata, batches: list[str]) -> dict[str, np.ndarray]:
     for k in post.data_vars:
         a = np.asarray(post[k], dtype=float)
         a = a.reshape((-1,) + a.shape[2:])
-        if k.startswith(("tau_", "sd_", "cv_")):
+        if k.startswith(("tau_", "sd_", "cv_", "timing_")):
             out[k] = np.exp(np.mean(np.log(np.maximum(a, 1e-300)), axis=0))
         elif k.startswith("z_"):
             out[k] = a.mean(axis=0)

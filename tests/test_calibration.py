@@ -278,3 +278,84 @@ def test_floor_must_be_a_number(tmp_path):
                                        "substrate = { sd = 0.05, cv = 0.1, floor = 'zero' }"))
     with pytest.raises(ScenarioError, match=r"field 'observations.substrate.floor': must be a finite number"):
         load_strain(p)
+
+
+def test_grid_slope_is_exact_for_a_quadratic_inside_and_first_order_at_the_ends():
+    import jax
+    import jax.numpy as jnp
+
+    from twin.simulate import grid_slope
+
+    grid = np.arange(0.0, 10.01, 0.5)
+    y = 3.0 + 2.0 * grid - 0.25 * grid**2
+    want = 2.0 - 0.5 * grid
+    for values in (y, jnp.asarray(y)):
+        got = np.asarray(grid_slope(values, grid))
+        np.testing.assert_allclose(got[1:-1], want[1:-1], rtol=0, atol=1e-12)
+        # one-sided at the ends: off by half a step times the curvature
+        np.testing.assert_allclose(got[[0, -1]], want[[0, -1]] + np.array([-0.125, 0.125]), atol=1e-12)
+    assert isinstance(grid_slope(jnp.asarray(y), grid), jax.Array)
+
+
+def test_timing_error_adds_the_slope_times_the_timing_to_the_assay_variance(tmp_path):
+    """`timing_h`: the product readings' SD is sqrt(a^2 + (c y)^2 + (d y')^2) with y' the slope of
+    the simulated titer at the reading; with d = 0 the likelihood is the plain model's; a
+    posterior without the timing site is refused by name."""
+    import dataclasses
+
+    import numpyro
+
+    from calibration.infer import check_noise_sites, load_history
+    from calibration.model import calibration_model, observe
+    from twin.simulate import grid_slope
+
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("product = { sd = 0.02, cv = 0.05 }",
+                                       "product = { sd = 0.02, cv = 0.05, timing_h = 4.0 }"))
+    spec = load_strain(p)
+    plain = load_strain(SYN)
+    assert [o.timing_h for o in spec.observations if o.variable == "product"] == [4.0]
+    bs, recipes = load_history(spec)
+    data = build_data(spec, bs.select(list(bs.batch_ids)[:2]), recipes)
+
+    def run(s, values):
+        """(trace, trajectory) of the model with `values` substituted."""
+        def fn():
+            return calibration_model(s, s.scenario.model, data, dt=float(s.inference["dt"]))
+
+        fn = numpyro.handlers.substitute(numpyro.handlers.seed(fn, 0), data=values)
+        tr = numpyro.handlers.trace(fn).get_trace()
+        return tr, fn()
+
+    tr, _ = run(spec, {})
+    base = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+    values = {**base, "sd_product": 0.02, "cv_product": 0.04, "timing_product": 3.0}
+    tr, traj = run(spec, values)
+    site = tr["obs_product"]
+    t, grid = np.asarray(data.obs_t["product"]), np.asarray(data.grid)
+    titer = np.asarray(observe(traj, "product"))
+    y = np.stack([np.interp(t[b], grid, titer[b]) for b in range(len(t))])
+    dy = np.stack([np.interp(t[b], grid, grid_slope(titer[b], grid)) for b in range(len(t))])
+    want = np.sqrt(0.02**2 + (0.04 * y) ** 2 + (3.0 * dy) ** 2)
+    m = np.asarray(data.obs_mask["product"])
+    np.testing.assert_allclose(np.asarray(site["fn"].base_dist.scale)[m], want[m], rtol=1e-6)
+    assert np.max(np.abs(3.0 * dy[m])) > 0.05  # the term matters somewhere
+    # d = 0: the plain model's likelihood
+    zero = run(spec, {**values, "timing_product": 0.0})[0]["obs_product"]
+    flat = run(plain, {k: v for k, v in values.items() if k != "timing_product"})[0]["obs_product"]
+    np.testing.assert_allclose(np.asarray(zero["fn"].log_prob(zero["value"])),
+                               np.asarray(flat["fn"].log_prob(flat["value"])), rtol=1e-9)
+    # a posterior made before timing_h was added lacks the site: refused by name
+    sites = [f"{k}_{o.variable}" for o in plain.observations for k in ("sd", "cv") if getattr(o, k) > 0]
+    idata = az.from_dict(posterior={k: np.full((1, 2), 0.1) for k in sites})
+    with pytest.raises(PosteriorError, match=r"post.nc: field 'timing_product': the posterior has no noise site"):
+        check_noise_sites(spec, idata, "post.nc")
+    check_noise_sites(dataclasses.replace(spec, observations=plain.observations), idata, "post.nc")
+
+
+def test_timing_must_be_a_non_negative_number(tmp_path):
+    p = _strain(tmp_path, "")
+    p.write_text(p.read_text().replace("product = { sd = 0.02, cv = 0.05 }",
+                                       "product = { sd = 0.02, cv = 0.05, timing_h = -1.0 }"))
+    with pytest.raises(ScenarioError, match=r"field 'observations.product.timing_h': must be >= 0"):
+        load_strain(p)

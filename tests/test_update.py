@@ -105,7 +105,7 @@ def test_check_batches_on_a_known_prediction(spec):
     mean = {"product": titer, "biomass": np.ones((D, 2, G)), "substrate": np.ones((D, 2, G)),
             "volume": 1000.0 * np.ones((D, 2, G)), "volume_L": 1000.0 * np.ones((D, 2, G)),
             "total_product": 1000.0 * titer}
-    zero = (np.zeros(D), np.zeros(D))
+    zero = (np.zeros(D), np.zeros(D), np.zeros(D))
     pred = Prediction(data, mean, {v: zero for v in ("product", "biomass", "substrate", "volume")}, 0)
     a, b = check_batches(pred, bs, recipe_sources={})
     assert a["final_titer_g_L"]["hit"] is True and a["final_titer_g_L"]["realised"] == 2.0

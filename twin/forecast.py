@@ -88,7 +88,7 @@ from .data import BatchRecord, load_batches, read_wide_csv
 from .errors import DataError, ParameterError, TwinError
 from .reactor import FermentationModel, set_parameters
 from .recipe import Profile, Recipe
-from .simulate import FixedGrid, simulate
+from .simulate import FixedGrid, grid_slope, simulate
 from .state import CONTROL_VARIABLES, ReactorState
 
 __all__ = [
@@ -138,7 +138,7 @@ class StrainPosterior:
     Attributes:
         spec: the strain (`calibration.spec.StrainSpec`): model, priors, observations, dt.
         draws: `{site: (draws, ...)}` as `calibration.diagnostics.flat_draws` returns them; the
-            sites used are `z_<p>`, `tau_<p>`, `sd_<v>`, `cv_<v>`.
+            sites used are `z_<p>`, `tau_<p>`, `sd_<v>`, `cv_<v>`, `timing_<v>`.
         strain: strain name the posterior was made for.
         method: `"nuts"` or `"svi"`.
         source: where it came from (a path, or a description).
@@ -172,7 +172,7 @@ def load_strain_posterior(path, *, strain_file=None, max_draws: int | None = Non
             structure (checked against the strain's scenario model).
     """
     from calibration.diagnostics import flat_draws
-    from calibration.infer import load_posterior
+    from calibration.infer import check_noise_sites, load_posterior
     from calibration.spec import load_strain
 
     path = Path(path)
@@ -195,6 +195,7 @@ def load_strain_posterior(path, *, strain_file=None, max_draws: int | None = Non
                             f"file is for '{spec.name}'", where=path, field="strain",
                             value=str(strain_file))
     load_posterior(path, model=spec.scenario.model)  # refuse another model structure
+    check_noise_sites(spec, idata, path)  # and another observation model
     if "dt" in attrs and float(attrs["dt"]) != float(spec.inference["dt"]):
         # simulate on the grid the posterior was calibrated on, not the strain file's current one
         spec = dataclasses.replace(spec, inference={**spec.inference, "dt": float(attrs["dt"])})
@@ -518,7 +519,7 @@ class _Sites:
 
     z: tuple[str, ...]  # prior keys (z_<key>)
     tau: tuple[str, ...]  # batch-effect keys (log tau_<key>)
-    noise: tuple[str, ...]  # "sd_<v>" / "cv_<v>" (log)
+    noise: tuple[str, ...]  # "sd_<v>" / "cv_<v>" / "timing_<v>" (log)
     eps: tuple[str, ...]  # batch effects of this batch
     eta: tuple[str, ...]  # initial-state deviations of this batch
 
@@ -530,6 +531,8 @@ class _Sites:
                 noise.append(f"sd_{o.variable}")
             if o.cv > 0:
                 noise.append(f"cv_{o.variable}")
+            if getattr(o, "timing_h", 0.0) > 0:
+                noise.append(f"timing_{o.variable}")
         return cls(tuple(p.key for p in spec.priors), tuple(spec.batch_effects), tuple(noise),
                    tuple(spec.batch_effects), tuple(spec.initial))
 
@@ -649,8 +652,14 @@ def _run(pb: _Problem, g: Float[Array, " g"], loc: Float[Array, " l"]):
             a, c = pb.fixed_noise[v][0], pb.fixed_noise[v][1]
         else:
             a, c = noise.get(f"sd_{v}", 0.0), noise.get(f"cv_{v}", 0.0)
-        pred = jnp.interp(pb.obs_t[v], pb.grid, _observe(traj, v))
-        sd = jnp.sqrt(a**2 + (c * pred) ** 2 + 1e-12)
+        on_grid = _observe(traj, v)
+        pred = jnp.interp(pb.obs_t[v], pb.grid, on_grid)
+        var = a**2 + (c * pred) ** 2 + 1e-12
+        if f"timing_{v}" in noise and v not in pb.fixed_noise:
+            # the trajectory running early or late (calibration.model): |slope| x timing
+            slope = jnp.interp(pb.obs_t[v], pb.grid, grid_slope(on_grid, pb.grid))
+            var = var + (noise[f"timing_{v}"] * slope) ** 2
+        sd = jnp.sqrt(var)
         r = jnp.where(pb.obs_m[v], (pb.obs_y[v] - pred) / sd, 0.0)
         rho = 0.5 * (ROBUST_DF + 1.0) * jnp.log1p(r**2 / ROBUST_DF)  # Student-t, -log density
         log_density = -rho - jnp.log(sd) + _T_CONST
@@ -1476,9 +1485,9 @@ def _latest_product_residuals(posterior, record, at, grid, titer_median) -> list
     sel = t <= at + 1e-9
     t, y = t[sel][-2:], y[sel][-2:]
     pred = np.interp(t, grid, titer_median)
-    a = float(np.median(posterior.draws.get("sd_product", np.zeros(1))))
-    c = float(np.median(posterior.draws.get("cv_product", np.zeros(1))))
-    sd = np.sqrt(a**2 + (c * pred) ** 2) + 1e-12
+    slope = np.interp(t, grid, grid_slope(np.asarray(titer_median), np.asarray(grid)))
+    a, c, d = (float(np.median(posterior.draws.get(f"{k}_product", np.zeros(1)))) for k in ("sd", "cv", "timing"))
+    sd = np.sqrt(a**2 + (c * pred) ** 2 + (d * slope) ** 2) + 1e-12
     return [float(x) for x in (y - pred) / sd]
 
 

@@ -36,7 +36,7 @@ from .reactor import FermentationModel, Outputs
 from .recipe import Recipe
 from .state import Controls, ReactorState
 
-__all__ = ["Adaptive", "FixedGrid", "Trajectory", "simulate", "ensure_success"]
+__all__ = ["Adaptive", "FixedGrid", "Trajectory", "simulate", "ensure_success", "grid_slope"]
 
 
 class Adaptive(eqx.Module):
@@ -263,3 +263,11 @@ def ensure_success(traj: Trajectory, *, label: str = "batch") -> Trajectory:
                  "that parameters are physical; or raise Adaptive(max_steps=...), loosen "
                  "Adaptive(rtol, atol), or use FixedGrid(dt=0.1)")
     return traj
+
+
+def grid_slope(values, grid):
+    """d values / dt of values saved on a uniform time grid (last axis; `grid` in h): central
+    differences inside, one-sided at the ends. NumPy in, NumPy out; JAX in, JAX out."""
+    step = grid[1] - grid[0]
+    xp = jnp if isinstance(values, jax.Array) else np
+    return xp.gradient(values, axis=-1) / step
