@@ -359,3 +359,16 @@ def test_timing_must_be_a_non_negative_number(tmp_path):
                                        "product = { sd = 0.02, cv = 0.05, timing_h = -1.0 }"))
     with pytest.raises(ScenarioError, match=r"field 'observations.product.timing_h': must be >= 0"):
         load_strain(p)
+
+
+def test_assay_readings_spread_as_the_likelihood_says_with_a_timing_error():
+    """200 000 simulated readings of a true 10 g/L rising 0.5 g/L/h: their SD is
+    sqrt(sd^2 + (cv y)^2 + (timing y')^2) within 1 %; where the slope is 0 the timing adds nothing."""
+    from calibration.diagnostics import assay_readings
+
+    rng = np.random.default_rng(0)
+    true = np.full(200_000, 10.0)
+    y = assay_readings(true, 0.1, 0.03, None, rng, timing=2.0, slope=0.5)
+    assert np.std(y) == pytest.approx(np.sqrt(0.1**2 + 0.3**2 + 1.0**2), rel=0.01)
+    flat = assay_readings(true, 0.1, 0.03, None, rng, timing=2.0, slope=0.0)
+    assert np.std(flat) == pytest.approx(np.hypot(0.1, 0.3), rel=0.01)
