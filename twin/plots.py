@@ -242,8 +242,11 @@ def plot_parameters(names, units, prior_median, prior_log_sd, posterior: dict, *
     for k, name in enumerate(names):
         ax = axes[k // ncol][k % ncol]
         x = np.asarray(posterior[name]).ravel()
-        lo = min(np.log(prior_median[k]) - 3 * prior_log_sd[k], np.log(x.min()))
-        hi = max(np.log(prior_median[k]) + 3 * prior_log_sd[k], np.log(x.max()))
+        lo_p, hi_p = np.log(prior_median[k]) - 3 * prior_log_sd[k], np.log(prior_median[k]) + 3 * prior_log_sd[k]
+        # a posterior beyond the prior's 3 SD gets a margin, so its density falls to 0 inside the axes
+        pad = 0.08 * (max(hi_p, np.log(x.max())) - min(lo_p, np.log(x.min())))
+        lo = min(lo_p, np.log(x.min()) - pad)
+        hi = max(hi_p, np.log(x.max()) + pad)
         z = np.linspace(lo, hi, 400)
         prior = np.exp(-0.5 * ((z - np.log(prior_median[k])) / prior_log_sd[k]) ** 2)
         ax.fill_between(np.exp(z), 0, prior / prior.max(), color="0.6", alpha=0.4, label="prior")
