@@ -272,11 +272,14 @@ def test_a_reading_at_or_below_the_floor_says_only_at_most_the_floor(tmp_path):
     assert pred.min() == 0.2
 
 
-def test_floor_must_be_a_number(tmp_path):
+@pytest.mark.parametrize("line, bad, message", [
+    ("substrate = { sd = 0.05, cv = 0.1 }", "floor = 'zero'", r"'observations.substrate.floor': must be a finite number"),
+    ("product = { sd = 0.02, cv = 0.05 }", "timing_h = -1.0", r"'observations.product.timing_h': must be >= 0"),
+])
+def test_bad_observation_setting_is_named(tmp_path, line, bad, message):
     p = _strain(tmp_path, "")
-    p.write_text(p.read_text().replace("substrate = { sd = 0.05, cv = 0.1 }",
-                                       "substrate = { sd = 0.05, cv = 0.1, floor = 'zero' }"))
-    with pytest.raises(ScenarioError, match=r"field 'observations.substrate.floor': must be a finite number"):
+    p.write_text(p.read_text().replace(line, line[:-2] + ", " + bad + " }"))
+    with pytest.raises(ScenarioError, match=r"field " + message):
         load_strain(p)
 
 
@@ -351,14 +354,6 @@ def test_timing_error_adds_the_slope_times_the_timing_to_the_assay_variance(tmp_
     with pytest.raises(PosteriorError, match=r"post.nc: field 'timing_product': the posterior has no noise site"):
         check_noise_sites(spec, idata, "post.nc")
     check_noise_sites(dataclasses.replace(spec, observations=plain.observations), idata, "post.nc")
-
-
-def test_timing_must_be_a_non_negative_number(tmp_path):
-    p = _strain(tmp_path, "")
-    p.write_text(p.read_text().replace("product = { sd = 0.02, cv = 0.05 }",
-                                       "product = { sd = 0.02, cv = 0.05, timing_h = -1.0 }"))
-    with pytest.raises(ScenarioError, match=r"field 'observations.product.timing_h': must be >= 0"):
-        load_strain(p)
 
 
 def test_assay_readings_spread_as_the_likelihood_says_with_a_timing_error():
