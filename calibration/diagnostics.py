@@ -53,7 +53,8 @@ def check(idata: az.InferenceData) -> dict:
             out["note"] += (f"; {rejected} VI draws had a non-finite log posterior (the simulation "
                             "failed far in the tail) and were skipped")
         return out
-    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(("tau_", "sd_", "cv_", "timing_"))]
+    noise_and_sds = ("tau_", "sd_", "cv_", "timing_")
+    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(noise_and_sds)]
     rhat = az.rhat(post[vars_])
     ess = az.ess(post[vars_], method="bulk")
     rh = {v: float(np.nanmax(np.asarray(rhat[v]))) for v in vars_}
