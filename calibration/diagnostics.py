@@ -78,8 +78,20 @@ def check(idata: az.InferenceData) -> dict:
     return out
 
 
+_HYPER = (  # site prefix, row name, unit (None: the observed variable's)
+    ("tau_", "batch_sd.{}", "log"),
+    ("sd_", "noise.{}.sd", None),
+    ("cv_", "noise.{}.cv", "1"),
+    ("timing_", "noise.{}.timing", "h"),
+)
+
+
 def summary_table(idata: az.InferenceData, diag: dict | None = None) -> pd.DataFrame:
-    """One row per fitted parameter: unit, prior, posterior mean and 5/50/95 % quantiles, r-hat, ESS."""
+    """One row per fitted parameter: unit, prior, posterior mean and 5/50/95 % quantiles, r-hat, ESS;
+    then one per batch-to-batch SD (`batch_sd.<p>`, on the log scale) and per noise scale
+    (`noise.<variable>.sd` / `.cv` / `.timing`), with their half-normal priors."""
+    from .spec import OBSERVABLE
+
     params = _params(idata)
     rows = []
     for key, info in params.items():
@@ -93,6 +105,22 @@ def summary_table(idata: az.InferenceData, diag: dict | None = None) -> pd.DataF
             "r_hat": (diag or {}).get("rhat", {}).get(key, np.nan),
             "ess_bulk": (diag or {}).get("ess_bulk", {}).get(key, np.nan),
         })
+    obs = json.loads(idata.attrs.get("observations", "{}"))
+    tau_scale = idata.attrs.get("batch_sd_prior")
+    for prefix, name, unit in _HYPER:
+        for site in sorted(v for v in idata.posterior.data_vars if v.startswith(prefix)):
+            key = site[len(prefix):]
+            scale = tau_scale if prefix == "tau_" else obs.get(key, {}).get(
+                {"sd_": "sd", "cv_": "cv", "timing_": "timing_h"}[prefix])
+            x = np.asarray(idata.posterior[site]).ravel()
+            rows.append({
+                "parameter": name.format(key), "unit": unit or OBSERVABLE.get(key, ""),
+                "prior": "half-normal" + (f"(scale={float(scale):.4g})" if scale is not None else ""),
+                "mean": x.mean(), "q05": np.quantile(x, 0.05), "q50": np.quantile(x, 0.5),
+                "q95": np.quantile(x, 0.95),
+                "r_hat": (diag or {}).get("rhat", {}).get(site, np.nan),
+                "ess_bulk": (diag or {}).get("ess_bulk", {}).get(site, np.nan),
+            })
     return pd.DataFrame(rows)
 
 

@@ -305,6 +305,7 @@ def _to_idata(spec: StrainSpec, data: CalibrationData, posterior: dict, stats: d
                                           "prior_log_sd": p.log_sd} for p in spec.priors}),
         "batch_effects": json.dumps(list(spec.batch_effects)),
         "batch_parameterisation": spec.batch_parameterisation,
+        "batch_sd_prior": float(spec.batch_sd_prior),
         "initial": json.dumps({k: float(v) for k, v in spec.initial.items()}),
         "observations": json.dumps({o.variable: {"sd": o.sd, "cv": o.cv, "timing_h": o.timing_h,
                                                  "floor": o.floor} for o in spec.observations}),

@@ -25,7 +25,19 @@ def test_calibrate_svi_writes_every_output(tmp_path):
     for name in ("posterior.nc", "summary.csv", "fit.png", "parameters.png", "diagnostics.json"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "summary.csv")
-    assert list(table["parameter"]) == load_strain(SYN).parameter_names
+    spec = load_strain(SYN)
+    n = len(spec.parameter_names)
+    assert list(table["parameter"])[:n] == spec.parameter_names
+    # then the batch SDs and every noise scale, with their half-normal priors from the strain file
+    hyper = table.iloc[n:].set_index("parameter")
+    want = [f"batch_sd.{k}" for k in sorted(spec.batch_effects)]
+    for prefix, key in (("sd", "sd"), ("cv", "cv")):
+        want += [f"noise.{o.variable}.{prefix}" for o in sorted(spec.observations, key=lambda o: o.variable)
+                 if getattr(o, key) > 0]
+    assert list(hyper.index) == want
+    assert hyper.loc["noise.product.cv", "prior"] == "half-normal(scale=0.05)"
+    assert hyper.loc["noise.volume.sd", "unit"] == "L"
+    assert hyper.loc["batch_sd.mu_max", "prior"] == f"half-normal(scale={spec.batch_sd_prior:g})"
     assert (table["q05"] <= table["q50"]).all() and (table["q50"] <= table["q95"]).all()
     diag = json.loads((out / "diagnostics.json").read_text())
     assert diag["method"] == "svi" and len(diag["batches"]) == 6
