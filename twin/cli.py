@@ -329,11 +329,17 @@ def calibrate(
         table = summary_table(result.idata, diag)
         t = Table(title=f"{result.spec.name}: {result.method.upper()} on {result.data.n_batches} batches "
                         f"in {result.wall_s:.0f} s", header_style="bold")
-        for c in ("parameter", "unit", "mean", "5%", "50%", "95%", "r-hat", "ESS"):
-            t.add_column(c, justify="right")
+        # the name is what a reader needs: never cut it; 3 digits; r-hat and ESS only where there
+        # are chains (SVI has none)
+        chains = result.method != "svi"
+        t.add_column("parameter", justify="left", no_wrap=True, min_width=max(map(len, table["parameter"])))
+        for c in ("unit", "mean", "5%", "50%", "95%") + (("r-hat", "ESS") if chains else ()):
+            t.add_column(c, justify="right", no_wrap=True)
         for _, r in table.iterrows():
-            t.add_row(r["parameter"], r["unit"], f"{r['mean']:.4g}", f"{r['q05']:.4g}", f"{r['q50']:.4g}",
-                      f"{r['q95']:.4g}", f"{r['r_hat']:.3f}", f"{r['ess_bulk']:.0f}")
+            cells = [r["parameter"], r["unit"]] + [f"{r[k]:.3g}" for k in ("mean", "q05", "q50", "q95")]
+            if chains:
+                cells += [f"{r['r_hat']:.3f}", f"{r['ess_bulk']:.0f}"]
+            t.add_row(*cells)
         console.print(t)
         if update is not None:
             rep = update.report
