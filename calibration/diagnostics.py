@@ -13,7 +13,7 @@ import pandas as pd
 from twin.simulate import grid_slope
 
 from .model import CalibrationData, _scale_y0, batch_parameters, observe, simulate_batches
-from .spec import StrainSpec
+from .spec import HYPER_PREFIXES, NOISE_SCALES, OBSERVABLE, StrainSpec
 
 __all__ = ["check", "summary_table", "flat_draws", "batch_draws", "predictive", "randomised_pit",
            "reading_pits", "draws_at_readings", "assay_readings", "ADVICE"]
@@ -53,8 +53,7 @@ def check(idata: az.InferenceData) -> dict:
             out["note"] += (f"; {rejected} VI draws had a non-finite log posterior (the simulation "
                             "failed far in the tail) and were skipped")
         return out
-    noise_and_sds = ("tau_", "sd_", "cv_", "timing_")
-    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(noise_and_sds)]
+    vars_ = [n for n in names if n in post] + [v for v in post.data_vars if v.startswith(HYPER_PREFIXES)]
     rhat = az.rhat(post[vars_])
     ess = az.ess(post[vars_], method="bulk")
     rh = {v: float(np.nanmax(np.asarray(rhat[v]))) for v in vars_}
@@ -78,20 +77,14 @@ def check(idata: az.InferenceData) -> dict:
     return out
 
 
-_HYPER = (  # site prefix, row name, unit (None: the observed variable's)
-    ("tau_", "batch_sd.{}", "log"),
-    ("sd_", "noise.{}.sd", None),
-    ("cv_", "noise.{}.cv", "1"),
-    ("timing_", "noise.{}.timing", "h"),
-)
+_HYPER_ROWS = {"tau": ("batch_sd.{}", "log"), "sd": ("noise.{}.sd", None),  # row name, unit (None:
+               "cv": ("noise.{}.cv", "1"), "timing": ("noise.{}.timing", "h")}  # the variable's)
 
 
 def summary_table(idata: az.InferenceData, diag: dict | None = None) -> pd.DataFrame:
     """One row per fitted parameter: unit, prior, posterior mean and 5/50/95 % quantiles, r-hat, ESS;
     then one per batch-to-batch SD (`batch_sd.<p>`, on the log scale) and per noise scale
     (`noise.<variable>.sd` / `.cv` / `.timing`), with their half-normal priors."""
-    from .spec import OBSERVABLE
-
     params = _params(idata)
     rows = []
     for key, info in params.items():
@@ -107,11 +100,11 @@ def summary_table(idata: az.InferenceData, diag: dict | None = None) -> pd.DataF
         })
     obs = json.loads(idata.attrs.get("observations", "{}"))
     tau_scale = idata.attrs.get("batch_sd_prior")
-    for prefix, name, unit in _HYPER:
+    for kind, (name, unit) in _HYPER_ROWS.items():
+        prefix = f"{kind}_"
         for site in sorted(v for v in idata.posterior.data_vars if v.startswith(prefix)):
             key = site[len(prefix):]
-            scale = tau_scale if prefix == "tau_" else obs.get(key, {}).get(
-                {"sd_": "sd", "cv_": "cv", "timing_": "timing_h"}[prefix])
+            scale = tau_scale if kind == "tau" else obs.get(key, {}).get(NOISE_SCALES[kind])
             x = np.asarray(idata.posterior[site]).ravel()
             rows.append({
                 "parameter": name.format(key), "unit": unit or OBSERVABLE.get(key, ""),
@@ -195,8 +188,11 @@ def predictive(spec: StrainSpec, data: CalibrationData, draws: dict, *, new_batc
         if noise:
             a = np.asarray(draws.get(f"sd_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
             c = np.asarray(draws.get(f"cv_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
-            d = np.asarray(draws.get(f"timing_{o.variable}", np.zeros(m.shape[0])))[:, None, None]
-            m = assay_readings(m, a, c, o.floor, rng, timing=d, slope=grid_slope(m, np.asarray(data.grid)))
+            timing = {}
+            if f"timing_{o.variable}" in draws:
+                timing = dict(timing=np.asarray(draws[f"timing_{o.variable}"])[:, None, None],
+                              slope=grid_slope(m, np.asarray(data.grid)))
+            m = assay_readings(m, a, c, o.floor, rng, **timing)
         out[o.variable] = m
     return out
 

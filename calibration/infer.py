@@ -377,8 +377,8 @@ def check_noise_sites(spec: StrainSpec, idata: az.InferenceData, where) -> None:
     """
     have = set(idata.posterior.data_vars)
     for o in spec.observations:
-        for site, scale in ((f"sd_{o.variable}", o.sd), (f"cv_{o.variable}", o.cv),
-                            (f"timing_{o.variable}", o.timing_h)):
+        for kind, scale in o.noise_scales.items():
+            site = f"{kind}_{o.variable}"
             if scale > 0 and site not in have:
                 raise PosteriorError(
                     f"the posterior has no noise site '{site}' that the strain file's observation "

@@ -30,6 +30,7 @@ from twin.simulate import FixedGrid, Trajectory, simulate
 from twin.state import ReactorState
 
 from .infer import load_posterior
+from .spec import NOISE_SCALES
 
 __all__ = ["PosteriorDraws", "posterior_draws", "load_draws", "simulate_draws"]
 
@@ -97,7 +98,7 @@ def posterior_draws(idata: az.InferenceData, n: int | None = None, *, seed: int 
         eta = rng.standard_normal(D) if new_batch else np.zeros(D)
         factors[name] = np.exp(float(log_sd) * eta)
     noise = {}
-    prefixes = ("sd_", "cv_", "timing_")
+    prefixes = tuple(f"{k}_" for k in NOISE_SCALES)  # the order of the tuples in `noise`
     for v in post.data_vars:
         for j, prefix in enumerate(prefixes):
             if v.startswith(prefix):

@@ -78,6 +78,11 @@ class Prior:
         return self.name.split(".", 1)[1]
 
 
+# the noise scales of an observed variable: posterior site prefix (`<kind>_<variable>`) -> strain key
+NOISE_SCALES = {"sd": "sd", "cv": "cv", "timing": "timing_h"}
+HYPER_PREFIXES = ("tau_",) + tuple(f"{k}_" for k in NOISE_SCALES)  # sites of SDs and noise scales
+
+
 @dataclasses.dataclass(frozen=True)
 class ObservationSpec:
     variable: str
@@ -89,6 +94,11 @@ class ObservationSpec:
     # about this much, which reads as noise of SD |slope| x timing where the variable changes
     # fast (effective variance); 0 = none
     timing_h: float = 0.0
+
+    @property
+    def noise_scales(self) -> dict[str, float]:
+        """`{kind: half-normal prior scale}` (0: the term is off), kinds as `NOISE_SCALES`."""
+        return {kind: getattr(self, key) for kind, key in NOISE_SCALES.items()}
 
 
 @dataclasses.dataclass(frozen=True)

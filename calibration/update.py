@@ -67,7 +67,7 @@ from .infer import (
 )
 from .model import CalibrationData, _scale_y0, build_data, observe, simulate_batches
 from .run import synthetic_truth, write_outputs
-from .spec import StrainSpec, load_strain
+from .spec import HYPER_PREFIXES, StrainSpec, load_strain
 
 __all__ = ["QUANTILES", "COLLAPSED_SD_RATIO", "compare", "Prediction", "predict_new_batches", "check_batches",
            "parameter_shift", "start_values", "UpdateResult", "check_old_posterior", "run_update",
@@ -133,9 +133,11 @@ class Prediction:
         with each draw's noise (raised to the variable's floor, as the lab reports it)."""
         rows = self.mean[variable][:, b]
         m = np.stack([np.interp(t, self.grid, row) for row in rows])
-        slope = np.stack([np.interp(t, self.grid, row) for row in grid_slope(rows, self.grid)])
         zero = np.zeros(len(m))
         sd, cv, timing = self.noise.get(variable, (zero, zero, zero))
+        slope = 0.0
+        if np.any(timing > 0):
+            slope = np.stack([np.interp(t, self.grid, row) for row in grid_slope(rows, self.grid)])
         return assay_readings(m, sd[:, None], cv[:, None], self.floors.get(variable), rng,
                               timing=timing[:, None], slope=slope)
 
@@ -310,7 +312,7 @@ def start_values(idata, batches: list[str]) -> dict[str, np.ndarray]:
     for k in post.data_vars:
         a = np.asarray(post[k], dtype=float)
         a = a.reshape((-1,) + a.shape[2:])
-        if k.startswith(("tau_", "sd_", "cv_", "timing_")):
+        if k.startswith(HYPER_PREFIXES):
             out[k] = np.exp(np.mean(np.log(np.maximum(a, 1e-300)), axis=0))
         elif k.startswith("z_"):
             out[k] = a.mean(axis=0)

@@ -482,9 +482,9 @@ def test_plant_sugar_feed_fault_moves_the_forecast():
     draws = {f"z_{p.key}": np.zeros(N_DRAWS) for p in spec.priors}
     draws |= {f"tau_{k}": np.full(N_DRAWS, spec.batch_sd_prior) for k in spec.batch_effects}
     for o in spec.observations:
-        for site, scale in (("sd", o.sd), ("cv", o.cv), ("timing", o.timing_h)):
+        for kind, scale in o.noise_scales.items():
             if scale > 0:
-                draws[f"{site}_{o.variable}"] = np.full(N_DRAWS, scale)
+                draws[f"{kind}_{o.variable}"] = np.full(N_DRAWS, scale)
     prior = StrainPosterior(spec=spec, draws=draws, strain=spec.name, method="prior medians")
     plan = default_recipe()
     out = {}

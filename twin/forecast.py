@@ -525,14 +525,8 @@ class _Sites:
 
     @classmethod
     def of(cls, spec) -> _Sites:
-        noise = []
-        for o in spec.observations:
-            if o.sd > 0:
-                noise.append(f"sd_{o.variable}")
-            if o.cv > 0:
-                noise.append(f"cv_{o.variable}")
-            if getattr(o, "timing_h", 0.0) > 0:
-                noise.append(f"timing_{o.variable}")
+        noise = [f"{kind}_{o.variable}" for o in spec.observations
+                 for kind, scale in o.noise_scales.items() if scale > 0]
         return cls(tuple(p.key for p in spec.priors), tuple(spec.batch_effects), tuple(noise),
                    tuple(spec.batch_effects), tuple(spec.initial))
 
@@ -655,7 +649,7 @@ def _run(pb: _Problem, g: Float[Array, " g"], loc: Float[Array, " l"]):
         on_grid = _observe(traj, v)
         pred = jnp.interp(pb.obs_t[v], pb.grid, on_grid)
         var = a**2 + (c * pred) ** 2 + 1e-12
-        if f"timing_{v}" in noise and v not in pb.fixed_noise:
+        if f"timing_{v}" in noise:  # (never an online signal's: those are not the strain's)
             # the trajectory running early or late (calibration.model): |slope| x timing
             slope = jnp.interp(pb.obs_t[v], pb.grid, grid_slope(on_grid, pb.grid))
             var = var + (noise[f"timing_{v}"] * slope) ** 2
