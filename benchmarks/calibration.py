@@ -59,8 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import twin  # noqa: E402,F401
-from calibration.diagnostics import check, draws_at_readings, flat_draws, predictive, reading_pits  # noqa: E402
-from calibration.infer import calibrate, load_history  # noqa: E402
+from calibration.diagnostics import (ESS_MIN, RHAT_MAX, check, draws_at_readings, flat_draws,  # noqa: E402
+                                    predictive, reading_pits)
+from calibration.infer import calibrate, load_history, save_posterior  # noqa: E402
 from calibration.model import build_data  # noqa: E402
 from calibration.spec import load_strain  # noqa: E402
 
@@ -104,6 +105,18 @@ def empty_compilation_cache():
         finally:
             jax.config.update("jax_compilation_cache_dir", before)
             compilation_cache.reset_cache()
+
+
+def print_failing_sites(idata, d: dict) -> None:
+    """Every site that fails r-hat or bulk ESS (not only the worst, which `check` names), with each
+    chain's mean: chains that sit in different modes show as means far apart."""
+    bad = [v for v in d.get("rhat", {}) if d["rhat"][v] > RHAT_MAX or d["ess_bulk"][v] < ESS_MIN]
+    for v in sorted(bad, key=lambda v: -d["rhat"][v]):
+        x = np.asarray(idata.posterior[v])
+        means = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=1)  # (chain, element)
+        worst = int(np.argmax(np.ptp(means, axis=0) / (x.reshape(-1, means.shape[1]).std(axis=0) + 1e-300)))
+        print(f"  failing {v}: r-hat {d['rhat'][v]:.3f}, bulk ESS {d['ess_bulk'][v]:.0f}; chain means "
+              f"{', '.join(f'{m:.4g}' for m in means[:, worst])}" + (f" (element {worst})" if means.shape[1] > 1 else ""))
 
 
 def run_nuts(warmup: int, samples: int, chains: int):
@@ -299,6 +312,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20, help="recovery replications")
     ap.add_argument("--sbc-reps", type=int, default=50)
     ap.add_argument("--sbc-draws", type=int, default=99)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="keep the SVI and NUTS posteriors here (svi_posterior.nc, nuts_posterior.nc)")
     ap.add_argument("--quick", action="store_true", help="tiny settings (for the test suite)")
     ap.add_argument("--svi-once", action="store_true", help=argparse.SUPPRESS)  # run_svi_elsewhere's child
     a = ap.parse_args(argv)
@@ -318,6 +333,9 @@ def main(argv=None):
         head["svi_wall_s"] = round(wall, 1)
         head["svi_wall_warm_s"] = round(warm, 1)
         head["svi_final_loss"] = round(float(svi.idata.attrs["svi_final_loss"]), 2)
+        if a.out:
+            a.out.mkdir(parents=True, exist_ok=True)
+            save_posterior(svi.idata, a.out / "svi_posterior.nc")
         print(f"SVI: {wall:.1f} s (compilation cache empty), {warm:.1f} s (filled) for "
               f"{svi.spec.inference['svi_steps']} steps after {svi.spec.inference['laplace_starts']} "
               f"Laplace starts (solver step {svi.spec.inference['dt']} h)", flush=True)
@@ -330,6 +348,10 @@ def main(argv=None):
         head["nuts_ess_bulk_min"] = round(d.get("ess_bulk_min", float("nan")), 1)
         head["nuts_ess_per_s"] = round(d.get("ess_bulk_min", float("nan")) / wall, 3)
         print(f"NUTS: {wall:.1f} s, diagnostics {d['problems'] or 'ok'}", flush=True)
+        print_failing_sites(nuts.idata, d)
+        if a.out:
+            a.out.mkdir(parents=True, exist_ok=True)
+            save_posterior(nuts.idata, a.out / "nuts_posterior.nc")
     if svi is not None and nuts is not None:
         keys = [p.key for p in svi.spec.priors]
         ms, mn = _means_sds(svi.idata, keys), _means_sds(nuts.idata, keys)

@@ -148,6 +148,31 @@ def test_calibration_benchmark_coverage_intervals_resample_whole_batches():
     assert ci["biomass"] == (1.0, 1.0)
 
 
+def test_calibration_benchmark_lists_every_failing_site_with_chain_means(capsys):
+    """NUTS diagnostics in the benchmark: every site over the r-hat limit or under the ESS floor is
+    listed (not only the worst), with each chain's mean, so that two chains in two modes show."""
+    import arviz as az
+
+    from calibration.diagnostics import check
+
+    cb = _load("calibration")
+    rng = np.random.default_rng(0)
+    good = rng.standard_normal((2, 500))
+    split = np.stack([rng.normal(0.0, 0.1, 500), rng.normal(1.0, 0.1, 500)])  # one mode per chain
+    batch = rng.standard_normal((2, 500, 3))
+    batch[1, :, 2] += 5.0  # only element 2 disagrees across chains
+    idata = az.from_dict(posterior={"tau_mu_max": np.abs(good), "sd_product": np.exp(split), "cv_product": batch})
+    idata.attrs["method"] = "nuts"
+    d = check(idata)
+    cb.print_failing_sites(idata, d)
+    out = capsys.readouterr().out
+    assert "failing sd_product" in out and "failing cv_product" in out and "tau_mu_max" not in out
+    line = next(s for s in out.splitlines() if "sd_product" in s)
+    means = [float(m) for m in line.split("chain means ")[1].split(", ")]
+    assert means[0] == pytest.approx(1.0, abs=0.05) and means[1] == pytest.approx(np.e, rel=0.05)
+    assert "(element 2)" in next(s for s in out.splitlines() if "cv_product" in s)
+
+
 def test_plant_ceiling_reshape_keeps_each_feed_total_and_the_default_at_unit_factors():
     """The plant-ceiling family: the last window's factor restores the total, the reshaped recipe
     holds each feed's default total from the first edge on (and before it, the default itself),
