@@ -28,7 +28,7 @@ from twin.io import atomic_path
 from twin.recipe import Recipe, read_recipe_csv
 
 from .model import CalibrationData, build_data, calibration_model, structure_hash
-from .spec import StrainSpec, load_strain
+from .spec import NOISE_SCALES, StrainSpec, load_strain
 from .vi import GaussianFit, best_laplace, gaussian_vi, potential
 
 __all__ = ["CalibrationResult", "load_history", "load_batch_source", "calibrate", "save_posterior",
@@ -369,18 +369,26 @@ def load_posterior(path: str | os.PathLike, *, model=None) -> az.InferenceData:
 
 
 def check_noise_sites(spec: StrainSpec, idata: az.InferenceData, where) -> None:
-    """Refuse a posterior that lacks a noise site the strain file's observation model has (e.g. a
-    `timing_h` added to the strain file after the posterior was made).
+    """Refuse a posterior whose noise sites are not those of the strain file's observation model:
+    one it lacks (e.g. a `timing_h` added to the strain file after the posterior was made), or one
+    the strain file no longer has (e.g. an additive SD dropped from a variable: the posterior's
+    draws of the other terms were fitted beside it and would be used without it).
 
     Raises:
-        PosteriorError: naming the file and the missing site.
+        PosteriorError: naming the file and the site.
     """
-    have = set(idata.posterior.data_vars)
-    for o in spec.observations:
-        for kind, scale in o.noise_scales.items():
-            site = f"{kind}_{o.variable}"
-            if scale > 0 and site not in have:
-                raise PosteriorError(
-                    f"the posterior has no noise site '{site}' that the strain file's observation "
-                    f"model of {o.variable} needs (made with another [observations] section)",
-                    where=where, field=site, hint="recalibrate with `twin calibrate` for this strain file")
+    have = {v for v in idata.posterior.data_vars if v.startswith(tuple(f"{k}_" for k in NOISE_SCALES))}
+    want = {f"{kind}_{o.variable}" for o in spec.observations
+            for kind, scale in o.noise_scales.items() if scale > 0}
+    for site in sorted(want - have):
+        variable = site.split("_", 1)[1]
+        raise PosteriorError(
+            f"the posterior has no noise site '{site}' that the strain file's observation "
+            f"model of {variable} needs (made with another [observations] section)",
+            where=where, field=site, hint="recalibrate with `twin calibrate` for this strain file")
+    for site in sorted(have - want):
+        variable = site.split("_", 1)[1]
+        raise PosteriorError(
+            f"the posterior has a noise site '{site}' that the strain file's observation model of "
+            f"{variable} does not (made with another [observations] section)",
+            where=where, field=site, hint="recalibrate with `twin calibrate` for this strain file")

@@ -303,7 +303,8 @@ def test_grid_slope_is_exact_for_a_quadratic_inside_and_first_order_at_the_ends(
 def test_timing_error_adds_the_slope_times_the_timing_to_the_assay_variance(tmp_path):
     """`timing_h`: the product readings' SD is sqrt(a^2 + (c y)^2 + (d y')^2) with y' the slope of
     the simulated titer at the reading; with d = 0 the likelihood is the plain model's; a
-    posterior without the timing site is refused by name."""
+    posterior without the timing site is refused by name, and so is one with a noise site the strain
+    file no longer has."""
     import dataclasses
 
     import numpyro
@@ -354,6 +355,14 @@ def test_timing_error_adds_the_slope_times_the_timing_to_the_assay_variance(tmp_
     with pytest.raises(PosteriorError, match=r"post.nc: field 'timing_product': the posterior has no noise site"):
         check_noise_sites(spec, idata, "post.nc")
     check_noise_sites(dataclasses.replace(spec, observations=plain.observations), idata, "post.nc")
+    # a posterior with a noise site the strain file dropped: its other noise terms were fitted
+    # beside it, so it is refused too
+    extra = az.from_dict(posterior={k: np.full((1, 2), 0.1) for k in sites + ["timing_product", "sd_precursor"]})
+    check_noise_sites(spec, az.from_dict(posterior={k: np.full((1, 2), 0.1) for k in sites + ["timing_product"]}),
+                      "post.nc")
+    with pytest.raises(PosteriorError, match=r"post.nc: field 'sd_precursor': the posterior has a noise site "
+                                             r"'sd_precursor' that the strain file's observation model of precursor does not"):
+        check_noise_sites(spec, extra, "post.nc")
 
 
 def test_assay_readings_spread_as_the_likelihood_says_with_a_timing_error():
