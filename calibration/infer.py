@@ -380,15 +380,9 @@ def check_noise_sites(spec: StrainSpec, idata: az.InferenceData, where) -> None:
     have = {v for v in idata.posterior.data_vars if v.startswith(tuple(f"{k}_" for k in NOISE_SCALES))}
     want = {f"{kind}_{o.variable}" for o in spec.observations
             for kind, scale in o.noise_scales.items() if scale > 0}
-    for site in sorted(want - have):
-        variable = site.split("_", 1)[1]
-        raise PosteriorError(
-            f"the posterior has no noise site '{site}' that the strain file's observation "
-            f"model of {variable} needs (made with another [observations] section)",
-            where=where, field=site, hint="recalibrate with `twin calibrate` for this strain file")
-    for site in sorted(have - want):
-        variable = site.split("_", 1)[1]
-        raise PosteriorError(
-            f"the posterior has a noise site '{site}' that the strain file's observation model of "
-            f"{variable} does not (made with another [observations] section)",
-            where=where, field=site, hint="recalibrate with `twin calibrate` for this strain file")
+    for sites, what in ((want - have, "has no noise site '{}' that the strain file's observation model of {} needs"),
+                        (have - want, "has a noise site '{}' that the strain file's observation model of {} does not")):
+        for site in sorted(sites):
+            raise PosteriorError(f"the posterior {what.format(site, site.split('_', 1)[1])} (made with another "
+                                 "[observations] section)", where=where, field=site,
+                                 hint="recalibrate with `twin calibrate` for this strain file")
