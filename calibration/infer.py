@@ -28,7 +28,7 @@ from twin.io import atomic_path
 from twin.recipe import Recipe, read_recipe_csv
 
 from .model import CalibrationData, build_data, calibration_model, structure_hash
-from .spec import NOISE_SCALES, StrainSpec, load_strain
+from .spec import NOISE_PREFIXES, StrainSpec, load_strain
 from .vi import GaussianFit, best_laplace, gaussian_vi, potential
 
 __all__ = ["CalibrationResult", "load_history", "load_batch_source", "calibrate", "save_posterior",
@@ -377,12 +377,14 @@ def check_noise_sites(spec: StrainSpec, idata: az.InferenceData, where) -> None:
     Raises:
         PosteriorError: naming the file and the site.
     """
-    have = {v for v in idata.posterior.data_vars if v.startswith(tuple(f"{k}_" for k in NOISE_SCALES))}
-    want = {f"{kind}_{o.variable}" for o in spec.observations
-            for kind, scale in o.noise_scales.items() if scale > 0}
-    for sites, what in ((want - have, "has no noise site '{}' that the strain file's observation model of {} needs"),
-                        (have - want, "has a noise site '{}' that the strain file's observation model of {} does not")):
-        for site in sorted(sites):
-            raise PosteriorError(f"the posterior {what.format(site, site.split('_', 1)[1])} (made with another "
-                                 "[observations] section)", where=where, field=site,
-                                 hint="recalibrate with `twin calibrate` for this strain file")
+    have = {v for v in idata.posterior.data_vars if v.startswith(NOISE_PREFIXES)}
+    want = set(spec.noise_sites)
+    missing, extra = sorted(want - have), sorted(have - want)
+    if missing or extra:
+        site = (missing or extra)[0]
+        variable = site.split("_", 1)[1]
+        what = (f"has no noise site '{site}' that the strain file's observation model of {variable} needs"
+                if missing else
+                f"has a noise site '{site}' that the strain file's observation model of {variable} does not")
+        raise PosteriorError(f"the posterior {what} (made with another [observations] section)", where=where,
+                             field=site, hint="recalibrate with `twin calibrate` for this strain file")

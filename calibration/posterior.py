@@ -30,7 +30,7 @@ from twin.simulate import FixedGrid, Trajectory, simulate
 from twin.state import ReactorState
 
 from .infer import load_posterior
-from .spec import NOISE_SCALES
+from .spec import NOISE_PREFIXES
 
 __all__ = ["PosteriorDraws", "posterior_draws", "load_draws", "simulate_draws"]
 
@@ -98,12 +98,11 @@ def posterior_draws(idata: az.InferenceData, n: int | None = None, *, seed: int 
         eta = rng.standard_normal(D) if new_batch else np.zeros(D)
         factors[name] = np.exp(float(log_sd) * eta)
     noise = {}
-    prefixes = tuple(f"{k}_" for k in NOISE_SCALES)  # the order of the tuples in `noise`
     for v in post.data_vars:
-        for j, prefix in enumerate(prefixes):
+        for j, prefix in enumerate(NOISE_PREFIXES):  # the order of the tuples in `noise`
             if v.startswith(prefix):
                 var = v[len(prefix):]
-                terms = list(noise.get(var, (np.zeros(D),) * len(prefixes)))
+                terms = list(noise.get(var, (np.zeros(D),) * len(NOISE_PREFIXES)))
                 terms[j] = flat(v)
                 noise[var] = tuple(terms)
     return PosteriorDraws(params, factors, noise, float(attrs["dt"]), attrs)

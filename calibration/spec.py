@@ -80,7 +80,8 @@ class Prior:
 
 # the noise scales of an observed variable: posterior site prefix (`<kind>_<variable>`) -> strain key
 NOISE_SCALES = {"sd": "sd", "cv": "cv", "timing": "timing_h"}
-HYPER_PREFIXES = ("tau_",) + tuple(f"{k}_" for k in NOISE_SCALES)  # sites of SDs and noise scales
+NOISE_PREFIXES = tuple(f"{k}_" for k in NOISE_SCALES)  # sites of noise scales
+HYPER_PREFIXES = ("tau_",) + NOISE_PREFIXES  # sites of SDs and noise scales
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +130,12 @@ class StrainSpec:
     def floors(self) -> dict[str, float]:
         """`{variable: floor}` of the observed variables whose readings are floored by the lab."""
         return {o.variable: o.floor for o in self.observations if o.floor is not None}
+
+    @property
+    def noise_sites(self) -> tuple[str, ...]:
+        """The posterior's noise sites (`<kind>_<variable>`) this observation model has."""
+        return tuple(f"{kind}_{o.variable}" for o in self.observations
+                     for kind, scale in o.noise_scales.items() if scale > 0)
 
     @property
     def parameter_names(self) -> list[str]:

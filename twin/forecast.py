@@ -525,9 +525,7 @@ class _Sites:
 
     @classmethod
     def of(cls, spec) -> _Sites:
-        noise = [f"{kind}_{o.variable}" for o in spec.observations
-                 for kind, scale in o.noise_scales.items() if scale > 0]
-        return cls(tuple(p.key for p in spec.priors), tuple(spec.batch_effects), tuple(noise),
+        return cls(tuple(p.key for p in spec.priors), tuple(spec.batch_effects), spec.noise_sites,
                    tuple(spec.batch_effects), tuple(spec.initial))
 
     @property
