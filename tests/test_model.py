@@ -346,3 +346,31 @@ def test_agrees_with_scipy_lsoda(which, request):
         want = np.asarray(getattr(ref, name) / ref.volume)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(traj.states.volume, ref.volume, rtol=1e-6, err_msg="volume")
+
+
+@pytest.mark.parametrize("T", [45.0, 60.0])
+def test_hydrolysis_is_first_order_and_arrhenius(ery, T):
+    """With inactive cells (T above T_max), no feed, no gas and no draw, the product only
+    hydrolyses: P(t) = P0 exp(-k_h(T) t) with k_h(T) = k_h exp(E_h/R (1/T_ref - 1/T)), to 1e-7
+    relative; at T_ref the rate constant is k_h itself."""
+    k_h, E_h, T_ref = 0.004, 60.0, 25.0
+    model = set_parameters(ery.model, {"m_S": 0.0, "m_prec": 0.0, "k_h": k_h, "E_h": E_h, "T_ref_h": T_ref})
+    hyd = model.kinetics.hydrolysis
+    assert float(hyd.rate_constant(jnp.asarray(T_ref))) == pytest.approx(k_h, rel=1e-14)
+    recipe = ery.recipe
+    for v in ("substrate_feed", "precursor_feed", "oil_feed", "water_feed", "aeration", "draw"):
+        recipe = set_profile(recipe, v, 0.0)
+    recipe = set_profile(recipe, "temperature", T)
+    V0 = float(ery.y0.volume)
+    y0 = ReactorState.initial(volume=V0, biomass=5.0 * V0, substrate=0.0, product=2.0 * V0)
+    traj = run(ery, model=model, recipe=recipe, y0=y0)
+    k = k_h * np.exp(E_h * 1e3 / 8.314462618 * (1 / (T_ref + 273.15) - 1 / (T + 273.15)))
+    assert k > 2.5 * k_h  # the test would not see a missing temperature term
+    np.testing.assert_allclose(traj.concentration("product"), 2.0 * np.exp(-k * np.asarray(traj.ts)), rtol=1e-7)
+
+
+def test_hydrolysis_without_activation_energy_ignores_temperature(ery):
+    """E_h = 0 (the default): the same rate constant at any temperature."""
+    hyd = set_parameters(ery.model, {"k_h": 0.003}).kinetics.hydrolysis
+    assert float(hyd.E_h) == 0.0
+    np.testing.assert_array_equal(hyd.rate_constant(jnp.asarray([5.0, 25.0, 70.0])), 0.003)

@@ -54,6 +54,7 @@ _INTERNAL = {
     "area": "m2",
     "molar_fraction": "mol/mol",
     "viscosity": "cP",
+    "molar_energy": "kJ/mol",
 }
 
 _UNITS: dict[str, Unit] = {}
@@ -115,6 +116,9 @@ _add("molar_fraction", ("mol/mol",), 1.0)
 _add("molar_fraction", ("mol%",), 1e-2)
 _add("viscosity", ("cP", "mPa.s", "mPa_s"), 1.0)
 _add("viscosity", ("Pa.s", "Pa_s"), 1e3)
+_add("molar_energy", ("kJ/mol",), 1.0)
+_add("molar_energy", ("J/mol",), 1e-3)
+_add("molar_energy", ("kcal/mol",), 4.184)
 
 
 def lookup(unit: str, *, where: object = None, field: str | None = None) -> Unit:

@@ -82,7 +82,8 @@ class CultureKinetics(AbstractKinetics):
     $$q_P = q_P^{*}(S, \mu)\, f_T\, f_{pH}\, f_O\, f_{prec}(C_{prec})\, r(q_C)\, s(q_C)$$
     $$q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S S/(K_m + S)$$
     $$q_{O_2} = \mu / Y_{XO} + q_P / Y_{PO} + m_O f_O$$
-    where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$. Hydrolysis is first order in product.
+    where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$. Hydrolysis is first order in product, its rate
+    constant Arrhenius in temperature (`ProductHydrolysis`).
 
     Args:
         growth: growth law on sugar (Monod or Contois).
@@ -126,7 +127,7 @@ class CultureKinetics(AbstractKinetics):
         q_o2 = jnp.maximum(mu, 0.0) / self.respiration.Y_XO + q_p / self.respiration.Y_PO + self.respiration.m_O * f_o
         z = jnp.zeros_like(mu)
         return Rates(growth=mu, substrate_uptake=q_s, oil_uptake=q_oil + z, production=q_p,
-                     hydrolysis=self.hydrolysis.k_h + z, precursor_uptake=q_prec + z,
+                     hydrolysis=self.hydrolysis.rate_constant(broth.temperature) + z, precursor_uptake=q_prec + z,
                      oxygen_uptake=q_o2)
 
     def unlimited_rates(self, broth: Broth) -> Rates:
