@@ -4,10 +4,10 @@
    SVI) unless `--posterior` is given.
 2. `twin optimize scenarios/penicillin_indpensim.toml` (its `[optimize]` table: sugar and oil feeds
    and the gas flow reshaped in 11.5 h phases at equal totals within +-25 % of the default's phase
-   means, volume <= 100 m3, DO >= 40 %, residual sugar <= 1 g/L after 48 h, dissolved CO2 <= 1.55
-   mmol/L;
-   temperature and back pressure stay at the default): the recipe comes from the twin alone; the
-   plant is not called in the loop.
+   means, the temperature set-point per phase in 20-26 degC (steps of at most 2 degC), volume
+   <= 100 m3, DO >= 40 %, residual sugar <= 1 g/L after 48 h, dissolved CO2 <= 1.55 mmol/L; back
+   pressure stays at the default): the recipe comes from the twin alone; the plant is not called
+   in the loop.
 3. Run the recipe and the plant's default recipe on plant seeds 100-109 (never in the history,
    which used seeds 0-11 of history seed 0 -> plant seeds 0..11), paired per seed, and report per seed
    the gain in total penicillin (vessel + harvest draws), sugar, oil, PAA, base, peak volume.
