@@ -16,7 +16,8 @@ window's factor keeps each variable's total from the first edge to the end equal
 so the search has (windows - 1) free factors per group, each in [1 - R, 1 + R] (R =
 `--trust-region`, 0.25 as the scenario); a last factor outside that range, or a plant peak
 volume above 100 m3, is penalised. Temperature, pressure and the PAA loop stay as the recipe
-has them. With `--base RECIPE` (e.g. the `recipe.csv` of `twin optimize`) the factors reshape
+has them, unless `--temperature-shift H:DELTA` moves the temperature set-point by DELTA degC from
+hour H to the end (before any reshape; no material is involved). With `--base RECIPE` (e.g. the `recipe.csv` of `twin optimize`) the factors reshape
 that recipe instead of the default, and the gain is still against the default recipe on each
 seed: how much the plant could add near the twin's recipe. Without `--base` the family is a
 subset of what `twin optimize` may do (it reshapes in 11.5 h phases), so the gain found is a
@@ -29,6 +30,7 @@ search.
     python benchmarks/plant_ceiling.py                       # about 17 min on 2 cores
     python benchmarks/plant_ceiling.py --base out/optimize/recipe.csv --max-evals 1   # the recipe itself
     python benchmarks/plant_ceiling.py --max-evals 8 --search-seeds 200 --test-seeds 100-101
+    python benchmarks/plant_ceiling.py --temperature-shift 150:-3 --max-evals 1   # cooling late, no reshape
 
 Ends with `name: value` headline lines.
 """
@@ -97,6 +99,19 @@ def reshape(base, factors: dict[str, np.ndarray], edges):
         w = jnp.asarray(v * mult)
         r = r.with_profile(var, Profile(jnp.asarray(t), jnp.asarray(END_H), w, w))
     return r
+
+
+def shift_temperature(base, from_h: float, delta_c: float):
+    """`base` with its temperature set-point moved by `delta_c` degC from `from_h` to the end
+    (resampled on the half-hour grid, as `reshape`)."""
+    import jax.numpy as jnp
+
+    from twin.recipe import Profile, sample
+
+    t = _grid()
+    v = np.asarray(sample(base, "temperature", t + 0.5 * STEP_H), dtype=float) + np.where(t >= from_h, delta_c, 0.0)
+    w = jnp.asarray(v)
+    return base.with_profile("temperature", Profile(jnp.asarray(t), jnp.asarray(END_H), w, w))
 
 
 class Search:
@@ -171,6 +186,9 @@ def main(argv=None) -> dict[str, float]:
     ap.add_argument("--start", default=None,
                     help="comma-separated free factors the search starts from, group by group (the "
                          "rest 1), e.g. an earlier run's best carbon factors for an --aeration run")
+    ap.add_argument("--temperature-shift", default=None, metavar="H:DELTA",
+                    help="move the temperature set-point by DELTA degC from hour H to the end (e.g. 150:-3) "
+                         "before any reshape: the plant's response to cooling late in the batch")
     ap.add_argument("--max-evals", type=int, default=48,
                     help="plant evaluations of the search (1: no search, the recipe itself on both seed sets)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -199,6 +217,16 @@ def main(argv=None) -> dict[str, float]:
         print(f"{args.base} against the default recipe, total over the batch: " + ", ".join(
             f"{v} {100 * (float(base.total(v, 0.0, END_H)) / float(default.total(v, 0.0, END_H)) - 1):+.3f} %"
             for v in (*FEEDS, "aeration")), flush=True)
+    if args.temperature_shift:
+        try:
+            from_h, delta = (float(x) for x in args.temperature_shift.split(":"))
+        except ValueError:
+            raise SystemExit(f"--temperature-shift: expected H:DELTA (e.g. 150:-3), got {args.temperature_shift}") from None
+        if not 0.0 <= from_h < END_H or not -10.0 <= delta <= 5.0:
+            raise SystemExit(f"--temperature-shift: H in [0, {END_H:g}) h and DELTA in [-10, 5] degC, "
+                             f"got {args.temperature_shift}")
+        base = shift_temperature(base, from_h, delta)
+        print(f"temperature set-point {delta:+g} degC from {from_h:g} h", flush=True)
     groups = [(v,) for v in FEEDS] if args.separate else [FEEDS]
     if args.aeration:
         groups.append(("aeration",))

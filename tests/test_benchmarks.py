@@ -201,6 +201,25 @@ def test_plant_ceiling_reshape_keeps_each_feed_total_and_the_default_at_unit_fac
         np.testing.assert_array_equal(sample(same, v, t), sample(base, v, t))
 
 
+def test_plant_ceiling_temperature_shift_moves_only_the_set_point_after_its_hour():
+    """--temperature-shift H:DELTA: the set-point is the default's + DELTA from H on, the default's
+    before H, and no other variable changes."""
+    from twin.plants import default_recipe
+    from twin.recipe import sample
+    from twin.state import CONTROL_VARIABLES
+
+    bench = _load("plant_ceiling")
+    base = default_recipe()
+    new = bench.shift_temperature(base, 150.0, -3.0)
+    t = np.arange(0.0, 230.0, 0.5) + 0.25
+    before, after = sample(base, "temperature", t), sample(new, "temperature", t)
+    np.testing.assert_allclose(after[t < 150], before[t < 150], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(after[t > 150], before[t > 150] - 3.0, rtol=0, atol=1e-12)
+    for v in CONTROL_VARIABLES:
+        if v != "temperature":
+            np.testing.assert_array_equal(sample(new, v, t), sample(base, v, t), err_msg=v)
+
+
 @pytest.mark.slow
 def test_plant_ceiling_benchmark_with_tiny_arguments(capsys):
     """Two plant evaluations on one search seed, the best run on one other seed: every headline
