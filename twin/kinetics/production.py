@@ -118,6 +118,6 @@ class ProductHydrolysis(eqx.Module):
         inv = 1.0 / (self.T_ref_h + KELVIN) - 1.0 / (temperature + KELVIN)
         return self.k_h * jnp.exp(self.E_h * 1e3 / GAS_CONSTANT * inv)
 
-    def __call__(self, product: Float[Array, ""], temperature: Float[Array, ""] = 25.0) -> Float[Array, ""]:
-        """Hydrolysis rate in g/L/h."""
+    def __call__(self, product: Float[Array, ""], temperature: Float[Array, ""]) -> Float[Array, ""]:
+        """Hydrolysis rate in g/L/h at product concentration `product` (g/L) and `temperature` (degC)."""
         return self.rate_constant(temperature) * product
