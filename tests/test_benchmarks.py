@@ -220,6 +220,34 @@ def test_plant_ceiling_temperature_shift_moves_only_the_set_point_after_its_hour
             np.testing.assert_array_equal(sample(new, v, t), sample(base, v, t), err_msg=v)
 
 
+def test_pilot_temperature_designs_and_strain(tmp_path):
+    """The pilot benchmark's batches: the default recipe with only the temperature set-point moved
+    from the stated hour; its strain file is the shipped one plus a T_opt prior (and loads)."""
+    from calibration.spec import load_strain
+    from twin.plants import default_recipe
+    from twin.recipe import sample
+    from twin.state import CONTROL_VARIABLES
+
+    bench = _load("pilot_temperature")
+    base = default_recipe()
+    t = np.arange(0.0, 230.0, 0.5) + 0.25
+    for _, from_h, delta in bench.PILOTS:
+        r = bench.pilot_recipe(from_h, delta)
+        T, T0 = sample(r, "temperature", t), sample(base, "temperature", t)
+        np.testing.assert_allclose(T[t < from_h], T0[t < from_h], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(T[t > from_h], T0[t > from_h] + delta, rtol=0, atol=1e-12)
+        for v in CONTROL_VARIABLES:
+            if v != "temperature":
+                np.testing.assert_array_equal(sample(r, v, t), sample(base, v, t), err_msg=v)
+    from twin.plants.history import _describe
+
+    assert _describe({"description": "pilot trial: x"}) == "pilot trial: x"  # what batches.csv notes say
+    spec = load_strain(bench.strain_with_t_opt(tmp_path))
+    shipped = load_strain(bench.STRAIN)
+    assert [p.key for p in spec.priors] == [p.key for p in shipped.priors][:7] + ["T_opt"] + [
+        p.key for p in shipped.priors][7:]
+
+
 @pytest.mark.slow
 def test_plant_ceiling_benchmark_with_tiny_arguments(capsys):
     """Two plant evaluations on one search seed, the best run on one other seed: every headline

@@ -117,6 +117,8 @@ def operator_recipe(rng: np.random.Generator, base: Recipe | None = None) -> tup
 
 
 def _describe(var: dict) -> str:
+    if "description" in var:  # a designed batch (e.g. a pilot trial) says what it is itself
+        return str(var["description"])
     return (f"operator variation: sugar feed x{var['sugar_feed_factor']:.3f}, "
             f"sugar ramp shifted {var['sugar_ramp_shift_h']:+.1f} h, "
             f"oil feed x{var['oil_feed_factor']:.3f}, aeration x{var['aeration_factor']:.3f}, "
