@@ -35,7 +35,7 @@ Arrhenius death, while the twin has one cardinal curve that slows growth and pro
 the pilots can only move that one curve (and E_h). A production-specific temperature law in the
 twin is the next thing to try. Not adopted: the shipped strain keeps T_opt fixed at 25 degC.
 
-    python benchmarks/pilot_temperature.py --out out/pilot     # about 15 min on 2 cores
+    python benchmarks/pilot_temperature.py --out out/pilot     # about 18 min on 2 cores
 """
 
 from __future__ import annotations

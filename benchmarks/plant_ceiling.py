@@ -17,11 +17,12 @@ so the search has (windows - 1) free factors per group, each in [1 - R, 1 + R] (
 `--trust-region`, 0.25 as the scenario); a last factor outside that range, or a plant peak
 volume above 100 m3, is penalised. Temperature, pressure and the PAA loop stay as the recipe
 has them, unless `--temperature-shift H:DELTA` moves the temperature set-point by DELTA degC from
-hour H to the end (before any reshape; no material is involved). With `--base RECIPE` (e.g. the `recipe.csv` of `twin optimize`) the factors reshape
-that recipe instead of the default, and the gain is still against the default recipe on each
-seed: how much the plant could add near the twin's recipe. Without `--base` the family is a
-subset of what `twin optimize` may do (it reshapes in 11.5 h phases), so the gain found is a
-lower bound on what an equal-material reshape can give this plant.
+hour H to the end (before any reshape; no material is involved). With `--base RECIPE` (e.g. the
+`recipe.csv` of `twin optimize`) the factors reshape that recipe instead of the default, and the
+gain is still against the default recipe on each seed: how much the plant could add near the
+twin's recipe. Without `--base` the family is a subset of what `twin optimize` may do (it
+reshapes in 11.5 h phases), so the gain found is a lower bound on what an equal-material reshape
+can give this plant.
 
 The plant is used as the model here, on purpose: this is a reference for the target, not a
 recipe method (a plant cannot be run hundreds of times per recipe). Test seeds are never in the
