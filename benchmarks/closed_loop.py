@@ -63,6 +63,8 @@ def main(argv=None):
     ap.add_argument("--posterior", type=Path, help="posterior.nc (default: calibrate now, SVI)")
     ap.add_argument("--svi-steps", type=int, default=1500)
     ap.add_argument("--seeds", default="100-109")
+    ap.add_argument("--scenario", type=Path, default=SCENARIO,
+                    help="the scenario to optimise (its model must be the posterior's)")
     ap.add_argument("--out", type=Path, default=ROOT / "out/closed_loop")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="scenario override for the optimisation, e.g. optimize.iterations=50")
@@ -81,7 +83,7 @@ def main(argv=None):
     from twin.optimize import run_optimize
 
     t = time.perf_counter()
-    s = run_optimize(SCENARIO, posterior, a.out / "optimize", overrides=a.overrides)
+    s = run_optimize(a.scenario, posterior, a.out / "optimize", overrides=a.overrides)
     head["optimize_s"] = round(time.perf_counter() - t, 1)
     print(f"optimised in {head['optimize_s']:.0f} s: predicted gain {s['expected_gain_pct']:+.2f} % "
           f"[90 %: {s['gain_pct_90ci'][0]:+.2f}, {s['gain_pct_90ci'][1]:+.2f}], "

@@ -50,20 +50,42 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STRAIN = ROOT / "calibration/strains/penicillin_indpensim.toml"
+SCENARIO = ROOT / "scenarios/penicillin_indpensim.toml"
 PILOTS = ((300, 150.0, -4.0), (301, 100.0, -2.0), (302, 100.0, +2.0))  # plant seed, from h, delta degC
 T_OPT_PRIOR = "T_opt = { median = 25.0, log_sd = 0.06 }"
+T_OPT_P_PRIOR = "T_opt_P = { median = 25.0, log_sd = 0.1 }"
+PRODUCTION_CURVE = 'T_min_P = "5 degC"\nT_opt_P = "25 degC"\nT_max_P = "35 degC"\n'
 
 
-def strain_with_t_opt(out: Path) -> Path:
-    """The IndPenSim strain file with `T_opt` calibrated too (its scenario path made absolute)."""
-    text = STRAIN.read_text()
-    text = re.sub(r'^scenario = "([^"]+)"', lambda m: f'scenario = "{(STRAIN.parent / m.group(1)).resolve()}"',
-                  text, count=1, flags=re.M)
-    anchor = "E_h = { median = 70.0, log_sd = 0.4 }\n"
+def _insert_after(text: str, anchor: str, new: str, where: Path) -> str:
     if anchor not in text:
-        raise SystemExit(f"{STRAIN}: no line {anchor.strip()!r} to put T_opt after")
-    path = out / "penicillin_indpensim_t_opt.toml"
-    path.write_text(text.replace(anchor, anchor + T_OPT_PRIOR + "\n"))
+        raise SystemExit(f"{where}: no line {anchor.strip()!r} to put {new.split()[0]} after")
+    return text.replace(anchor, anchor + new, 1)
+
+
+def scenario_with_production_curve(out: Path) -> Path:
+    """The IndPenSim scenario with production's own temperature law (`[model]
+    production_temperature`, the growth curve's cardinal values to start; paths made absolute)."""
+    text = re.sub(r'^(file|ph_loop_history) = "([^"]+)"',
+                  lambda m: f'{m.group(1)} = "{(SCENARIO.parent / m.group(2)).resolve()}"',
+                  SCENARIO.read_text(), flags=re.M)
+    text = _insert_after(text, "impellers = 3\n", "production_temperature = true\n", SCENARIO)
+    text = _insert_after(text, 'T_max = "35 degC"\n', PRODUCTION_CURVE, SCENARIO)
+    path = out / "penicillin_indpensim_production_t.toml"
+    path.write_text(text)
+    return path
+
+
+def strain_with_t_opt(out: Path, scenario: Path | None = None) -> Path:
+    """The IndPenSim strain file with `T_opt` calibrated too (its scenario path made absolute);
+    with `scenario` (one with production's own temperature law), `T_opt_P` as well."""
+    text = STRAIN.read_text()
+    target = scenario or (STRAIN.parent / re.search(r'^scenario = "([^"]+)"', text, flags=re.M).group(1)).resolve()
+    text = re.sub(r'^scenario = "([^"]+)"', lambda m: f'scenario = "{target}"', text, count=1, flags=re.M)
+    priors = T_OPT_PRIOR + "\n" + (T_OPT_P_PRIOR + "\n" if scenario is not None else "")
+    text = _insert_after(text, "E_h = { median = 70.0, log_sd = 0.4 }\n", priors, STRAIN)
+    path = out / ("penicillin_indpensim_t_opt.toml" if scenario is None else "penicillin_indpensim_t_opt_p.toml")
+    path.write_text(text)
     return path
 
 
@@ -97,11 +119,11 @@ def write_pilots(directory: Path) -> list[dict]:
             for b in batches]
 
 
-def closed_loop(posterior: Path, out: Path, seeds: str) -> dict:
+def closed_loop(posterior: Path, out: Path, seeds: str, scenario: Path) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import closed_loop as cl
 
-    return cl.main(["--posterior", str(posterior), "--seeds", seeds, "--out", str(out)])
+    return cl.main(["--posterior", str(posterior), "--seeds", seeds, "--out", str(out), "--scenario", str(scenario)])
 
 
 def _t_profile(recipe_csv: Path) -> str:
@@ -118,18 +140,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default="100-109", help="test seeds")
     ap.add_argument("--svi-steps", type=int, default=1500)
     ap.add_argument("--skip-arm-a", action="store_true", help="no recipe from the history-only posterior")
+    ap.add_argument("--law", choices=("shared", "production"), default="shared",
+                    help="shared: one cardinal curve for growth and production (T_opt calibrated); "
+                         "production: production's own curve as well (T_opt and T_opt_P calibrated)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     a.out.mkdir(parents=True, exist_ok=True)
     from calibration.run import run_calibration
     from calibration.update import run_update
 
-    strain = strain_with_t_opt(a.out)
+    scenario = scenario_with_production_curve(a.out) if a.law == "production" else SCENARIO
+    strain = strain_with_t_opt(a.out, scenario if a.law == "production" else None)
     head: dict = {}
     res, _ = run_calibration(strain, a.out / "base", method="svi", svi_steps=a.svi_steps)
     print(f"calibrated on {res.data.n_batches} history batches (SVI) in {res.wall_s:.0f} s", flush=True)
     if not a.skip_arm_a:
-        h = closed_loop(a.out / "base/posterior.nc", a.out / "arm_a", a.seeds)
+        h = closed_loop(a.out / "base/posterior.nc", a.out / "arm_a", a.seeds, scenario)
         head.update({f"history_only_{k}": v for k, v in h.items()
                      if k.startswith(("closed_loop_", "predicted_", "plant_peak", "plant_base"))})
         print("history only, temperature set-points: " + _t_profile(a.out / "arm_a/optimize/recipe.csv"))
@@ -146,12 +172,12 @@ def main(argv=None) -> dict:
     head["pilot_totals_hit"] = rep["summary"]["finals_hit"]
     head["pilot_totals_compared"] = rep["summary"]["finals_compared"]
     for key, p in rep["parameters"].items():
-        if key.split(".")[-1] in ("T_opt", "E_h", "k_h", "beta_max", "mu_max"):
+        if key.split(".")[-1] in ("T_opt", "T_opt_P", "E_h", "k_h", "beta_max", "mu_max"):
             print(f"  {key}: mean {p['old']['mean']:.4g} (sd {p['old']['sd']:.2g}) -> {p['new']['mean']:.4g} "
                   f"(sd {p['new']['sd']:.2g})", flush=True)
             head[f"{key.split('.')[-1]}_history_only_mean"] = round(p["old"]["mean"], 4)
             head[f"{key.split('.')[-1]}_with_pilots_mean"] = round(p["new"]["mean"], 4)
-    h = closed_loop(a.out / "updated/posterior.nc", a.out / "arm_b", a.seeds)
+    h = closed_loop(a.out / "updated/posterior.nc", a.out / "arm_b", a.seeds, scenario)
     head.update({f"with_pilots_{k}": v for k, v in h.items()
                  if k.startswith(("closed_loop_", "predicted_", "plant_peak", "plant_base"))})
     print("with pilots, temperature set-points: " + _t_profile(a.out / "arm_b/optimize/recipe.csv"))

@@ -246,6 +246,15 @@ def test_pilot_temperature_designs_and_strain(tmp_path):
     shipped = load_strain(bench.STRAIN)
     assert [p.key for p in spec.priors] == [p.key for p in shipped.priors][:7] + ["T_opt"] + [
         p.key for p in shipped.priors][7:]
+    # --law production: the shipped scenario plus production's own curve (equal to the growth
+    # curve, so the default batch is unchanged), and T_opt_P calibrated beside T_opt
+    scenario = bench.scenario_with_production_curve(tmp_path)
+    spec = load_strain(bench.strain_with_t_opt(tmp_path, scenario))
+    assert [p.key for p in spec.priors] == [p.key for p in shipped.priors][:7] + ["T_opt", "T_opt_P"] + [
+        p.key for p in shipped.priors][7:]
+    pt = spec.scenario.model.kinetics.production_temperature
+    assert (float(pt.T_min_P), float(pt.T_opt_P), float(pt.T_max_P)) == (5.0, 25.0, 35.0)
+    assert spec.scenario.recipe == load_strain(bench.STRAIN).scenario.recipe
 
 
 @pytest.mark.slow

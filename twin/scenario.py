@@ -52,7 +52,7 @@ _CARBON = {"pirt": kin.PirtCarbon, "uptake_limited": kin.UptakeLimitedCarbon}
 
 _SCHEMA: dict[str, set[str]] = {
     "scenario": {"name", "title", "description", "duration_h", "output_every_h"},
-    "model": {"growth", "oxygen", "oil", "precursor", "co2", "impellers", "carbon"},
+    "model": {"growth", "oxygen", "oil", "precursor", "co2", "impellers", "carbon", "production_temperature"},
     "kinetics": set(),  # checked against the model structure
     "vessel": set(),
     "feeds": set(),
@@ -152,7 +152,7 @@ def build_model(raw: dict, where=None) -> FermentationModel:
     if carbon_name not in _CARBON:
         raise ScenarioError(f"must be one of {sorted(_CARBON)}", where=where, field="model.carbon",
                             value=carbon_name)
-    for flag in ("oil", "precursor", "co2"):
+    for flag in ("oil", "precursor", "co2", "production_temperature"):
         if not isinstance(m.get(flag, False), bool):
             raise ScenarioError("must be true or false", where=where, field=f"model.{flag}", value=m.get(flag))
     impellers = m.get("impellers", 1)
@@ -171,16 +171,18 @@ def build_model(raw: dict, where=None) -> FermentationModel:
         families["precursor"] = kin.PrecursorUptake
     if m.get("co2", False):
         families["co2"] = kin.CarbonDioxide
+    if m.get("production_temperature", False):
+        families["production_temperature"] = kin.ProductionTemperature
     parts = {k: _build(cls, kt, "kinetics", where, used) for k, cls in families.items()}
     unknown = sorted(set(kt) - used)
     if unknown:
         known = sorted({n for cls in families.values() for n in _fields(cls)})
         hint = f"known for this model structure: {', '.join(known)}"
         others = {n for cls in (kin.OilUptake, kin.PrecursorUptake, kin.CarbonDioxide, kin.MonodGrowth,
-                                kin.ContoisGrowth) for n in _fields(cls)}
+                                kin.ContoisGrowth, kin.ProductionTemperature) for n in _fields(cls)}
         if set(unknown) & others:
-            hint += (" (oil, precursor and CO2 parameters need model.oil / model.precursor / "
-                     "model.co2 = true)")
+            hint += (" (oil, precursor, CO2 and production-temperature parameters need model.oil / "
+                     "model.precursor / model.co2 / model.production_temperature = true)")
         raise ScenarioError("unknown key", where=where, field=f"kinetics.{unknown[0]}", hint=hint)
     kinetics = kin.CultureKinetics(**parts, carbon=_CARBON[carbon_name]())
     vused: set[str] = set()
@@ -259,7 +261,8 @@ def _all_parameter_names(section: str) -> set[str]:
         return set(_fields(Feeds))
     classes = [kin.MonodGrowth, kin.ContoisGrowth, kin.LuedekingPiret, kin.ProductHydrolysis,
                kin.CardinalTemperature, kin.CardinalPH, kin.OxygenLimitation, kin.OxygenDemand,
-               kin.SugarUptake, kin.OilUptake, kin.PrecursorUptake, kin.CarbonDioxide]
+               kin.SugarUptake, kin.OilUptake, kin.PrecursorUptake, kin.CarbonDioxide,
+               kin.ProductionTemperature]
     return {n for c in classes for n in _fields(c)}
 
 

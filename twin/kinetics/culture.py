@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .base import AbstractGrowth, AbstractKinetics, Broth, Rates
-from .cardinal import CardinalPH, CardinalTemperature
+from .cardinal import CardinalPH, CardinalTemperature, ProductionTemperature
 from .co2 import CarbonDioxide
 from .oxygen import OxygenDemand, OxygenLimitation
 from .production import LuedekingPiret, ProductHydrolysis
@@ -21,11 +21,13 @@ class AbstractCarbonBalance(eqx.Module):
     """How growth, sugar and oil uptake and production share the carbon the cells take up."""
 
     @abc.abstractmethod
-    def split(self, k: "CultureKinetics", broth: Broth, activity, f_oxygen, tox, lim):
+    def split(self, k: "CultureKinetics", broth: Broth, activity, f_oxygen, tox, lim, p_activity):
         """(mu, q_s, q_oil, q_p) in 1/h, g/g/h, g/g/h, g/g/h.
 
         `activity` is the product of the temperature, pH and oxygen factors, `f_oxygen` the oxygen
-        factor alone, `tox` the precursor toxicity and `lim` the precursor limitation of production.
+        factor alone, `tox` the precursor toxicity, `lim` the precursor limitation of production
+        and `p_activity` the activity of production (equal to `activity` unless production has a
+        temperature law of its own).
         """
 
 
@@ -35,12 +37,12 @@ class PirtCarbon(AbstractCarbonBalance):
     $$\mu = \mu_S(S, X) f + \mu_{oil}(O) f, \qquad q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S \frac{S}{K_m + S}$$
     """
 
-    def split(self, k, broth, activity, f_oxygen, tox, lim):
+    def split(self, k, broth, activity, f_oxygen, tox, lim, p_activity):
         mu_s = k.growth(broth) * activity * tox
         mu_oil = 0.0 if k.oil is None else k.oil.growth(broth.oil) * activity * tox
         mu = mu_s + mu_oil
         rep = k.production.carbon_factor(mu / k.sugar.Y_XS)  # growth-law carbon uptake, sugar-eq
-        q_p = k.production(broth, mu) * activity * lim * rep
+        q_p = k.production(broth, mu) * p_activity * lim * rep
         q_s = k.sugar(mu_s, q_p, broth.substrate)
         q_oil = 0.0 if k.oil is None else k.oil.uptake(mu_oil)
         return mu, q_s, q_oil, q_p
@@ -60,13 +62,13 @@ class UptakeLimitedCarbon(AbstractCarbonBalance):
     aerobic (scaled by the oxygen factor), which keeps the quasi-steady oxygen balance exact.
     """
 
-    def split(self, k, broth, activity, f_oxygen, tox, lim):
+    def split(self, k, broth, activity, f_oxygen, tox, lim, p_activity):
         q_s = k.growth(broth) / k.sugar.Y_XS * activity * tox
         q_oil = 0.0 if k.oil is None else k.oil.growth(broth.oil) / k.oil.Y_X_oil * activity * tox
         carbon = q_s + (0.0 if k.oil is None else k.oil.Y_X_oil / k.sugar.Y_XS * q_oil)
         rep = k.production.carbon_factor(carbon)
-        beta = k.production(broth, 0.0) * activity * lim * rep
-        alpha = k.production.alpha * activity * lim * rep
+        beta = k.production(broth, 0.0) * p_activity * lim * rep
+        alpha = k.production.alpha * p_activity * lim * rep
         Y, Yp = k.sugar.Y_XS, k.sugar.Y_PS
         spare = carbon - k.sugar.m_S * f_oxygen - beta / Yp
         mu_pos = Y * spare / (1.0 + Y * alpha / Yp)
@@ -79,10 +81,11 @@ class CultureKinetics(AbstractKinetics):
     r"""Rates as products of factors, each with its own parameters.
 
     $$\mu = [\mu_S(S, X) + \mu_{oil}(O)]\, f_T(T)\, f_{pH}(pH)\, f_O(DO)\, g_{tox}(C_{prec})$$
-    $$q_P = q_P^{*}(S, \mu)\, f_T\, f_{pH}\, f_O\, f_{prec}(C_{prec})\, r(q_C)\, s(q_C)$$
+    $$q_P = q_P^{*}(S, \mu)\, f_{T,P}\, f_{pH}\, f_O\, f_{prec}(C_{prec})\, r(q_C)\, s(q_C)$$
     $$q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S S/(K_m + S)$$
     $$q_{O_2} = \mu / Y_{XO} + q_P / Y_{PO} + m_O f_O$$
-    where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$. Hydrolysis is first order in product, its rate
+    where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$, and $f_{T,P}$ is production's own temperature
+    factor (`production_temperature`) or, without one, the growth curve $f_T$. Hydrolysis is first order in product, its rate
     constant Arrhenius in temperature (`ProductHydrolysis`).
 
     Args:
@@ -90,6 +93,8 @@ class CultureKinetics(AbstractKinetics):
         production: product formation law.
         hydrolysis: product degradation.
         temperature, ph: cardinal factors.
+        production_temperature: a temperature factor of product formation's own, or `None` when
+            production follows `temperature` as growth does.
         oxygen: Monod limitation by dissolved oxygen.
         respiration: oxygen demand.
         sugar: sugar uptake (yields, maintenance).
@@ -111,18 +116,21 @@ class CultureKinetics(AbstractKinetics):
     precursor: PrecursorUptake | None = None
     carbon: AbstractCarbonBalance = PirtCarbon()
     co2: CarbonDioxide | None = None
+    production_temperature: ProductionTemperature | None = None
 
     def oxygen_factor(self, dissolved_oxygen):
         return self.oxygen(jnp.maximum(dissolved_oxygen, 0.0))
 
     def _rates(self, broth: Broth, f_o) -> Rates:
-        env = self.temperature(broth.temperature) * self.ph(broth.pH)
+        f_ph = self.ph(broth.pH)
+        env = self.temperature(broth.temperature) * f_ph
+        env_p = env if self.production_temperature is None else self.production_temperature(broth.temperature) * f_ph
         tox = 1.0 if self.precursor is None else self.precursor.toxicity(broth.precursor)
         if self.co2 is not None:  # dissolved CO2 stops growth and uptake like a toxin
             tox = tox * self.co2(broth.dissolved_co2)
         lim = 1.0 if self.precursor is None else self.precursor.limitation(broth.precursor)
         activity = env * f_o
-        mu, q_s, q_oil, q_p = self.carbon.split(self, broth, activity, f_o, tox, lim)
+        mu, q_s, q_oil, q_p = self.carbon.split(self, broth, activity, f_o, tox, lim, env_p * f_o)
         q_prec = 0.0 if self.precursor is None else self.precursor.uptake(q_p, mu, broth.precursor)
         q_o2 = jnp.maximum(mu, 0.0) / self.respiration.Y_XO + q_p / self.respiration.Y_PO + self.respiration.m_O * f_o
         z = jnp.zeros_like(mu)
