@@ -54,6 +54,9 @@ SCENARIO = ROOT / "scenarios/penicillin_indpensim.toml"
 PILOTS = ((300, 150.0, -4.0), (301, 100.0, -2.0), (302, 100.0, +2.0))  # plant seed, from h, delta degC
 T_OPT_PRIOR = "T_opt = { median = 25.0, log_sd = 0.06 }"
 T_OPT_P_PRIOR = "T_opt_P = { median = 25.0, log_sd = 0.1 }"
+# --free-limits: the production curve's cardinal limits too, so that its curvature (how much a
+# few degrees cost) is learnt, not assumed: 90 % [2.2, 11.4] and [29.7, 41.3] degC
+T_LIMITS_P_PRIOR = "T_min_P = { median = 5.0, log_sd = 0.5 }\nT_max_P = { median = 35.0, log_sd = 0.1 }"
 PRODUCTION_CURVE = 'T_min_P = "5 degC"\nT_opt_P = "25 degC"\nT_max_P = "35 degC"\n'
 
 
@@ -76,13 +79,18 @@ def scenario_with_production_curve(out: Path) -> Path:
     return path
 
 
-def strain_with_t_opt(out: Path, scenario: Path | None = None) -> Path:
+def strain_with_t_opt(out: Path, scenario: Path | None = None, free_limits: bool = False) -> Path:
     """The IndPenSim strain file with `T_opt` calibrated too (its scenario path made absolute);
-    with `scenario` (one with production's own temperature law), `T_opt_P` as well."""
+    with `scenario` (one with production's own temperature law), `T_opt_P` as well, and with
+    `free_limits` also `T_min_P` and `T_max_P`."""
     text = STRAIN.read_text()
     target = scenario or (STRAIN.parent / re.search(r'^scenario = "([^"]+)"', text, flags=re.M).group(1)).resolve()
     text = re.sub(r'^scenario = "([^"]+)"', lambda m: f'scenario = "{target}"', text, count=1, flags=re.M)
     priors = T_OPT_PRIOR + "\n" + (T_OPT_P_PRIOR + "\n" if scenario is not None else "")
+    if free_limits:
+        if scenario is None:
+            raise SystemExit("--free-limits needs --law production")
+        priors += T_LIMITS_P_PRIOR + "\n"
     text = _insert_after(text, "E_h = { median = 70.0, log_sd = 0.4 }\n", priors, STRAIN)
     path = out / ("penicillin_indpensim_t_opt.toml" if scenario is None else "penicillin_indpensim_t_opt_p.toml")
     path.write_text(text)
@@ -143,6 +151,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--law", choices=("shared", "production"), default="shared",
                     help="shared: one cardinal curve for growth and production (T_opt calibrated); "
                          "production: production's own curve as well (T_opt and T_opt_P calibrated)")
+    ap.add_argument("--free-limits", action="store_true",
+                    help="with --law production: calibrate T_min_P and T_max_P as well")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +160,7 @@ def main(argv=None) -> dict:
     from calibration.update import run_update
 
     scenario = scenario_with_production_curve(a.out) if a.law == "production" else SCENARIO
-    strain = strain_with_t_opt(a.out, scenario if a.law == "production" else None)
+    strain = strain_with_t_opt(a.out, scenario if a.law == "production" else None, a.free_limits)
     head: dict = {}
     res, _ = run_calibration(strain, a.out / "base", method="svi", svi_steps=a.svi_steps)
     print(f"calibrated on {res.data.n_batches} history batches (SVI) in {res.wall_s:.0f} s", flush=True)
@@ -172,7 +182,7 @@ def main(argv=None) -> dict:
     head["pilot_totals_hit"] = rep["summary"]["finals_hit"]
     head["pilot_totals_compared"] = rep["summary"]["finals_compared"]
     for key, p in rep["parameters"].items():
-        if key.split(".")[-1] in ("T_opt", "T_opt_P", "E_h", "k_h", "beta_max", "mu_max"):
+        if key.split(".")[-1] in ("T_opt", "T_opt_P", "T_min_P", "T_max_P", "E_h", "k_h", "beta_max", "mu_max"):
             print(f"  {key}: mean {p['old']['mean']:.4g} (sd {p['old']['sd']:.2g}) -> {p['new']['mean']:.4g} "
                   f"(sd {p['new']['sd']:.2g})", flush=True)
             head[f"{key.split('.')[-1]}_history_only_mean"] = round(p["old"]["mean"], 4)

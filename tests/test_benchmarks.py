@@ -255,6 +255,8 @@ def test_pilot_temperature_designs_and_strain(tmp_path):
     pt = spec.scenario.model.kinetics.production_temperature
     assert (float(pt.T_min_P), float(pt.T_opt_P), float(pt.T_max_P)) == (5.0, 25.0, 35.0)
     assert spec.scenario.recipe == load_strain(bench.STRAIN).scenario.recipe
+    spec = load_strain(bench.strain_with_t_opt(tmp_path, scenario, free_limits=True))
+    assert [p.key for p in spec.priors][7:11] == ["T_opt", "T_opt_P", "T_min_P", "T_max_P"]
 
 
 @pytest.mark.slow

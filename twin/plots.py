@@ -33,6 +33,14 @@ def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return Path(path)
 
 
+def _band(values, min_span: float, *, upper: bool) -> tuple[float, float]:
+    """y-limits that put `values` in the upper (or lower) half of an axis, spanning at least
+    `min_span` (a flat profile gets a readable scale)."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    span = max(hi - lo, min_span)
+    return (lo - 1.4 * span, hi + 0.4 * span) if upper else (lo - 0.4 * span, hi + 1.4 * span)
+
+
 def _series(traj, name):
     ts = np.asarray(traj.ts)
     if name == "volume":
@@ -107,12 +115,15 @@ def plot_simulation(traj, *, title: str, path: str | os.PathLike, ensemble=None,
         ax_d.fill_between(ts, 0, draw, step="post", color="k", alpha=0.15)
         ax_d.set_ylabel("draw, L/h (grey)", fontsize=8)
     ax = fig.add_subplot(gs[3, 1], sharex=axes[0])
-    ax.step(ts, np.asarray(c.temperature), where="post", color="C3", label="temperature, degC")
+    temp, ph = np.asarray(c.temperature), np.asarray(c.pH)
+    ax.step(ts, temp, where="post", color="C3", label="temperature, degC")
     ax.set_ylabel("degC", color="C3")
-    ax_p = ax.twinx()
-    ax_p.step(ts, np.asarray(c.pH), where="post", color="C2", label="pH")
+    ax.set_ylim(*_band(temp, 1.0, upper=True))  # temperature in the upper half, pH in the lower:
+    ax_p = ax.twinx()                           # two flat set-points do not hide each other
+    ax_p.step(ts, ph, where="post", color="C2", label="pH")
     ax_p.set_ylabel("pH", color="C2")
-    ax.set_title("Recipe: temperature and pH", fontsize=10)
+    ax_p.set_ylim(*_band(ph, 0.2, upper=False))
+    ax.set_title("Recipe: temperature (upper) and pH (lower)", fontsize=10)
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(gs[4, 0], sharex=axes[0])
     ax.step(ts, np.asarray(c.aeration) / 6e4, where="post", color="C0", label="aeration, m3/min")
