@@ -146,6 +146,33 @@ def test_continue_as_planned_is_the_conditioned_forecast(advice):
     assert advice.conditioning["effective_sample_size"] >= 50
 
 
+def test_a_limit_the_plan_already_breaks_holds_the_advice_to_the_plan():
+    """`_no_worse_than_plan`: a path constraint the plan breaks (g(plan) > 0) becomes
+    g - g(plan), so the plan is feasible and anything worse is not (exact); one the plan holds
+    and every step from the running value stay as they were; nothing broken: the same objective."""
+    import jax.numpy as jnp
+
+    from twin.advise import _no_worse_than_plan
+
+    names = ("volume <= 50 m3 (smooth worst case)", "dissolved CO2 <= 1.5 mmol/L (smooth worst case)",
+             "step up of temperature at the re-plan start")
+
+    def objective(u, args):
+        x = u["x"]
+        return -jnp.sum(x), jnp.stack([x[0] - 1.0, x[1] - 5.0, x[2] - 0.5])
+
+    plan = {"x": jnp.asarray([3.0, 2.0, 0.9])}  # breaks the first (by 2) and the step (by 0.4)
+    relaxed, which = _no_worse_than_plan(objective, names, plan)
+    assert which == (names[0],)
+    np.testing.assert_allclose(np.asarray(relaxed(plan, None)[1]), [0.0, -3.0, 0.4], rtol=0, atol=1e-12)
+    worse = {"x": jnp.asarray([3.5, 2.0, 0.0])}
+    np.testing.assert_allclose(np.asarray(relaxed(worse, None)[1]), [0.5, -3.0, -0.5], rtol=0, atol=1e-12)
+    assert float(relaxed(worse, None)[0]) == float(objective(worse, None)[0])
+    ok = {"x": jnp.asarray([0.5, 2.0, 0.0])}
+    same, none = _no_worse_than_plan(objective, names, ok)
+    assert same is objective and none == ()
+
+
 def test_replan_start_snaps_up_to_the_grid(scenario_file):
     spec = load_optimize_spec(load_scenario(scenario_file))
     assert replan_start(spec, 57.3, dt=1.0, t_end=170.0) == 58.0

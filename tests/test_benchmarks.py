@@ -272,3 +272,33 @@ def test_plant_ceiling_benchmark_with_tiny_arguments(capsys):
     assert "eval   1: gain  +0.00 %" in out
     assert figures["plant_search_best_gain_pct"] >= 0.0
     assert figures["plant_ceiling_test_n_seeds"] == 1
+
+
+def test_advise_plant_splices_the_advice_after_its_start():
+    """benchmarks/advise_plant.py: the plant runs the plan before the advice's start (a linear
+    phase cut there keeps its slope) and the advice after it; other variables are the plan's."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from twin.plants import default_recipe
+    from twin.recipe import Profile, sample
+
+    bench = _load("advise_plant")
+    f = lambda *x: jnp.asarray(x, dtype=float)
+    plan = Profile(f(0.0, 100.0), jnp.asarray(230.0), f(10.0, 50.0), f(30.0, 50.0))  # ramp 10 -> 30 on 0-100 h
+    adv = Profile(f(0.0, 60.0, 120.0), jnp.asarray(230.0), f(0.0, 70.0, 80.0), f(0.0, 70.0, 80.0))
+    s = bench.splice(plan, adv, 60.0)
+    t = np.arange(0.0, 230.0, 0.5) + 0.25
+    got, p, a = (np.asarray(jax.vmap(x)(jnp.asarray(t))) for x in (s, plan, adv))
+    np.testing.assert_allclose(got[t < 60], p[t < 60], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[t > 60], a[t > 60], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="no phase starting at 61"):
+        bench.splice(plan, adv, 61.0)
+    base = default_recipe()
+    fake = types.SimpleNamespace(start_h=120.0, recipe=base.with_profile("substrate_feed", adv))
+    new = bench.advised_plant_recipe(base, fake, ["substrate_feed"])
+    for v in base.profiles:
+        want = np.where(t > 120, a, sample(base, v, t)) if v == "substrate_feed" else sample(base, v, t)
+        np.testing.assert_allclose(sample(new, v, t), want, rtol=0, atol=1e-12, err_msg=v)

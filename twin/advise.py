@@ -23,8 +23,11 @@ batch's *own* conditional posterior:
    new phase, the trust region around the plan's phase means, and the material budgets hold as
    in `twin optimize`. A budget (`budget = "baseline"`) is the material the plan would still feed
    over $[t_0, t_\text{end}]$: what was fed before is spent, whatever it was. The path
-   constraints (DO minimum, volume maximum, residual sugar maximum) apply from $t_0$ on (the
-   past cannot be changed).
+   constraints (DO minimum, volume maximum, residual sugar maximum, dissolved CO2 maximum) apply
+   from $t_0$ on (the past cannot be changed). One that continuing as planned already breaks on
+   the optimiser's particles holds the advice to no worse than the plan, not to the limit
+   (`_no_worse_than_plan`, said in the notes): otherwise the advice must first repair what the
+   plan breaks, whatever the cost in product, and comes out worse than the plan.
 4. **Check** on `check_draws` conditioned particles: the rounded advice and "continue as
    planned" (the plan after $t$) are both simulated on the same particles (paired), giving the
    expected gain in total product (vessel + drawn) with its 90 % interval, the probability of a
@@ -348,6 +351,32 @@ def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar
     return objective, tuple(names)
 
 
+def _no_worse_than_plan(objective, names, plan_controls):
+    """The objective with every path constraint that the plan itself breaks relaxed to the plan's
+    own value: `g - max(g(plan), 0)`. Returns `(objective, names of the relaxed constraints)`.
+
+    Why: a running batch can already be on course to break a limit (say dissolved CO2 above
+    `max_dissolved_co2` later on, on every particle). Held to the limit, the advice must first
+    repair what the plan breaks, whatever it costs in product, and is then worse than continuing
+    as planned, so the operator gets no advice at all. Held to "no worse than the plan" it may
+    still lower the excess, and the plan is a feasible start (the usual relaxation of an
+    infeasible start in model predictive control; Rawlings, Mayne & Diehl 2017, sec. 1.5 on soft
+    constraints). The steps from the running value (`max_change`) are never relaxed."""
+    _, g_plan = jax.jit(objective)(plan_controls, None)
+    slack = np.maximum(np.asarray(g_plan, dtype=float), 0.0)
+    path = np.asarray([not n.startswith("step ") for n in names])
+    slack = np.where(path, slack, 0.0)
+    if not np.any(slack > 0):
+        return objective, ()
+    slack_j = jnp.asarray(slack)
+
+    def relaxed(controls, args):
+        J, g = objective(controls, args)
+        return J, g - slack_j
+
+    return relaxed, tuple(n for n, s in zip(names, slack) if s > 0)
+
+
 def check_scenario(posterior: StrainPosterior, sc) -> None:
     """The scenario must have the posterior's model structure and batch length.
 
@@ -468,10 +497,11 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
 
     from .control import LBFGS, ControlProblem, solve
 
-    problem = ControlProblem(opt.blocks, objective, constraint_names=names)
     plan_phases = {v.name: opt.baseline_phases[v.name] for v in spec.variables}
     starts = [{b.name: np.clip(plan_phases[b.name], np.asarray(b.lower), np.asarray(b.upper))
                for b in opt.blocks}]
+    objective, relaxed = _no_worse_than_plan(objective, names, starts[0])
+    problem = ControlProblem(opt.blocks, objective, constraint_names=names)
     report(f"re-planning {start:g}-{t_end:g} h (L-BFGS iterations, all starts and rounds)", 0, None)
     result = solve(problem, starts=starts, n_random=spec.starts,
                    key=jax.random.PRNGKey(spec.seed), solver=LBFGS(max_steps=spec.iterations),
@@ -500,6 +530,9 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
     cons_new = constraint_report(_window(ens_new, keep), spec)
     cons_plan = constraint_report(_window(ens_plan, keep), spec)
     constraints, notes = {}, list(cond.notes)
+    for name in relaxed:
+        notes.append(f"continuing as planned already breaks '{name}' on the optimiser's particles: "
+                     "the advice is held to no worse than the plan there, not to the limit")
     for name, c in cons_new.items():
         p = cons_plan[name]
         constraints[name] = {"limit": c["limit"],
