@@ -35,7 +35,23 @@ Arrhenius death, while the twin has one cardinal curve that slows growth and pro
 the pilots can only move that one curve (and E_h). A production-specific temperature law in the
 twin is the next thing to try. Not adopted: the shipped strain keeps T_opt fixed at 25 degC.
 
+Tried next (2026-11-30), `--law production`: production gets its own cardinal curve
+(`model.production_temperature`, T_opt_P prior median 25 degC, log-SD 0.1), beside T_opt.
+History only: T_opt_P 24.06 (SD 0.75), arm A +3.90 % on test seeds (min +2.16 %, 10 of 10;
+predicted +3.44 % [1.32, 5.88]); on tuning seeds 200-204 +4.38 % (the shipped strain: +4.41 %),
+so no better where it may be judged, and not adopted. The pilots (errors -4.8, +0.3, -1.4 %,
+all inside 90 %) moved T_opt_P up, 24.06 -> 25.45 (SD 0.39), the recipe cooled less (23.5 degC
+at the end) and gained +3.22 % (min +1.73 %; 1172 s). With `--free-limits` (T_min_P, T_max_P
+calibrated too, so the curve's width is learnt): arm A +3.81 % (predicted +3.86 % [0.97, 7.17]);
+the pilots moved T_opt_P 23.07 -> 26.11 (SD 0.54), arm B +3.21 % (min +1.77 %; 1071 s). Three pilots
+on three seeds, each with its own batch effects, carry little about a 2-4 % temperature effect
+against a batch-to-batch spread of about 5 %, and the +2 degC pilot ended above its median as
+the -4 degC one did, which a curve can only read as "warmer is no worse". In all three
+structures the pilots made the recipe worse; more pilots, or pilots designed for the
+temperature response (steps within one batch, paired), would be the next experiment.
+
     python benchmarks/pilot_temperature.py --out out/pilot     # about 18 min on 2 cores
+    python benchmarks/pilot_temperature.py --law production [--free-limits] --out out/pilot_p
 """
 
 from __future__ import annotations
