@@ -359,9 +359,9 @@ def _no_worse_than_plan(objective, names, plan_controls):
     `max_dissolved_co2` later on, on every particle). Held to the limit, the advice must first
     repair what the plan breaks, whatever it costs in product, and is then worse than continuing
     as planned, so the operator gets no advice at all. Held to "no worse than the plan" it may
-    still lower the excess, and the plan is a feasible start (the usual relaxation of an
-    infeasible start in model predictive control; Rawlings, Mayne & Diehl 2017, sec. 1.5 on soft
-    constraints). The steps from the running value (`max_change`) are never relaxed."""
+    still lower the excess, and the plan is a feasible start (a constraint softened where the
+    current course is already infeasible, as model predictive control does; Rawlings, Mayne &
+    Diehl 2017). The steps from the running value (`max_change`) are never relaxed."""
     _, g_plan = jax.jit(objective)(plan_controls, None)
     slack = np.maximum(np.asarray(g_plan, dtype=float), 0.0)
     path = np.asarray([not n.startswith("step ") for n in names])

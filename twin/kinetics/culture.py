@@ -85,8 +85,8 @@ class CultureKinetics(AbstractKinetics):
     $$q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S S/(K_m + S)$$
     $$q_{O_2} = \mu / Y_{XO} + q_P / Y_{PO} + m_O f_O$$
     where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$, and $f_{T,P}$ is production's own temperature
-    factor (`production_temperature`) or, without one, the growth curve $f_T$. Hydrolysis is first order in product, its rate
-    constant Arrhenius in temperature (`ProductHydrolysis`).
+    factor (`production_temperature`) or, without one, the growth curve $f_T$. Hydrolysis is
+    first order in product, its rate constant Arrhenius in temperature (`ProductHydrolysis`).
 
     Args:
         growth: growth law on sugar (Monod or Contois).
