@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     import forecast as fb
     from closed_loop import sugar_stall_h
     from calibration.infer import load_history
-    from twin.advise import advise, plot_advice
+    from twin.advise import AdviseError, advise, plot_advice
     from twin.forecast import historical_flows, load_strain_posterior, read_running_batch
     from twin.optimize import load_optimize_spec
     from twin.plants.history import compare_recipes, parse_seeds
@@ -121,13 +121,18 @@ def main(argv=None) -> dict:
         rec = read_running_batch(d / "measurements.parquet")
         plan = read_recipe_csv(d / "recipe.csv", defaults=sc.control_defaults, span=(0.0, t_end))
         t = time.perf_counter()
-        adv = advise(post, rec, plan, sc, at=a.at, key=jax.random.PRNGKey(seed), future_flows=flows)
+        try:
+            adv = advise(post, rec, plan, sc, at=a.at, key=jax.random.PRNGKey(seed), future_flows=flows)
+        except AdviseError as e:  # no advice: the batch continues as planned (gain 0 by definition)
+            print(f"seed {seed}: no advice ({time.perf_counter() - t:.0f} s): {e}", flush=True)
+            rows.append(dict(seed=seed, at_h=a.at, refused=True, gain_pct=0.0, advise_s=time.perf_counter() - t))
+            continue
         t_adv = time.perf_counter() - t
         plot_advice(adv, rec, path=a.out / f"advice_{seed}_{a.at:g}h.png")
         new = advised_plant_recipe(plan, adv, variables)
         paired = compare_recipes(new, [seed], baseline=plan)
         cmp, runs = paired.table.iloc[0], paired.runs[seed]
-        row = dict(seed=seed, at_h=a.at, start_h=adv.start_h, plan_kg=cmp["penicillin_total_kg_default"],
+        row = dict(seed=seed, at_h=a.at, refused=False, start_h=adv.start_h, plan_kg=cmp["penicillin_total_kg_default"],
                    advised_kg=cmp["penicillin_total_kg_recipe"], gain_pct=cmp["penicillin_total_kg_diff_pct"],
                    predicted_pct=adv.gain_pct["mean"], predicted_q05=adv.gain_pct["q05"],
                    predicted_q95=adv.gain_pct["q95"], prob_better=adv.prob_better,
@@ -152,21 +157,24 @@ def main(argv=None) -> dict:
     df = pd.DataFrame(rows)
     df.to_csv(a.out / "advise_plant.csv", index=False)
     g = df["gain_pct"].to_numpy()
+    given = df[~df["refused"]]
     head = {
         "advise_at_h": a.at,
         "advise_n_seeds": len(df),
         "advise_plant_mean_gain_pct": round(float(g.mean()), 2),
         "advise_plant_min_gain_pct": round(float(g.min()), 2),
         "advise_plant_seeds_better": int((g > 0).sum()),
-        "advise_predicted_mean_gain_pct": round(float(df["predicted_pct"].mean()), 2),
-        "advise_realised_inside_predicted_90": int(((g >= df["predicted_q05"]) & (g <= df["predicted_q95"])).sum()),
-        "advise_peak_volume_max_m3": round(float(df["peak_volume_m3"].max()), 2),
-        "advise_sugar_diff_pct_max_abs": round(float(df["sugar_diff_pct"].abs().max()), 2),
-        "advise_oil_diff_pct_max_abs": round(float(df["oil_diff_pct"].abs().max()), 2),
-        "advise_base_ratio_max": round(float(df["base_ratio"].max()), 3),
-        "advise_stall_h_advised_mean": round(float(df["stall_h_advised"].mean()), 2),
-        "advise_stall_h_plan_mean": round(float(df["stall_h_plan"].mean()), 2),
-        "advise_plan_reproduced": bool(df["plan_reproduced"].all()),
+        "advise_refused": int(df["refused"].sum()),
+        "advise_predicted_mean_gain_pct": round(float(given["predicted_pct"].mean()), 2),
+        "advise_realised_inside_predicted_90": int(((given["gain_pct"] >= given["predicted_q05"])
+                                                    & (given["gain_pct"] <= given["predicted_q95"])).sum()),
+        "advise_peak_volume_max_m3": round(float(given["peak_volume_m3"].max()), 2),
+        "advise_sugar_diff_pct_max_abs": round(float(given["sugar_diff_pct"].abs().max()), 2),
+        "advise_oil_diff_pct_max_abs": round(float(given["oil_diff_pct"].abs().max()), 2),
+        "advise_base_ratio_max": round(float(given["base_ratio"].max()), 3),
+        "advise_stall_h_advised_mean": round(float(given["stall_h_advised"].mean()), 2),
+        "advise_stall_h_plan_mean": round(float(given["stall_h_plan"].mean()), 2),
+        "advise_plan_reproduced": bool(given["plan_reproduced"].all()),
         "advise_median_s": round(float(df["advise_s"].median()), 1),
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
