@@ -45,6 +45,16 @@ def test_shipped_scenarios_convert_units_at_the_edge(ery, pen):
     assert ery.ts.shape == (171,) and pen.ts.shape == (231,)
 
 
+def test_material_totals_read_in_m3_for_gas_and_L_for_liquids():
+    """A gas total (aeration: internal L/h integrated over hours) is shown in m3, a feed's in L:
+    one hour at 30 m3/min is 1800 m3."""
+    from twin.units import material_amount, to_internal
+
+    litres_per_hour = float(to_internal(30.0, "m3/min"))
+    assert material_amount("aeration", litres_per_hour * 1.0) == pytest.approx((1800.0, "m3"))
+    assert material_amount("oil_feed", 250.0) == (250.0, "L")
+
+
 def test_override_with_units(tmp_path):
     """`--set kinetics.mu_max="0.0015 1/min"` is 0.09 1/h; other values are untouched."""
     sc = load_scenario(ERYTHROMYCIN, overrides=parse_overrides(['kinetics.mu_max="0.0015 1/min"',

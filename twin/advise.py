@@ -641,7 +641,7 @@ def plot_advice(adv: Advice, record: BatchRecord | None, *, path, title: str | N
     from .forecast_plots import _series
     from .plots import save
     from .recipe import sample
-    from .units import from_internal
+    from .units import from_internal, material_amount
 
     variables = [v.name for v in adv.spec.variables]
     n = len(variables)
@@ -667,8 +667,10 @@ def plot_advice(adv: Advice, record: BatchRecord | None, *, path, title: str | N
         ax.text(adv.now_h, 0.98, f" now ({adv.now_h:g} h)", transform=ax.get_xaxis_transform(),
                 va="top", ha="left", fontsize=8)
         m = adv.material_L.get(var)
-        extra = (f"\nremaining {m['remaining_budget']:.0f} L, advised {m['advised_remaining']:.0f} L"
-                 if m else "")
+        extra = ""
+        if m:
+            (left, mu), (new, _) = material_amount(var, m["remaining_budget"]), material_amount(var, m["advised_remaining"])
+            extra = f"\nremaining {left:.0f} {mu}, advised {new:.0f} {mu}"
         ax.set_title(f"{var} ({unit}){extra}", fontsize=9.5)
         ax.set_xlim(0, adv.end_h)
         ax.set_xlabel("time (h)")

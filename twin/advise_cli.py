@@ -20,6 +20,7 @@ from rich.table import Table
 
 from .errors import TwinError
 from .forecast_cli import _console, _progress, _user_errors
+from .units import material_amount
 
 __all__ = ["OUTPUTS", "advise_command", "register"]
 
@@ -180,8 +181,9 @@ def _print(adv, doc: dict, out: Path) -> None:
               f"[{gp['q05']:+.2f}, {gp['q95']:+.2f}]")
     t.add_row("P(advice beats the plan)", f"{adv.prob_better:.2f}")
     for k, m in adv.material_L.items():
-        t.add_row(f"{k}: used / left / advised (L)",
-                  f"{m['used_before_replan']:.0f} / {m['remaining_budget']:.0f} / {m['advised_remaining']:.0f}")
+        (used, unit), (left, _), (new, _) = (material_amount(k, m[f]) for f in
+                                             ("used_before_replan", "remaining_budget", "advised_remaining"))
+        t.add_row(f"{k}: used / left / advised ({unit})", f"{used:.0f} / {left:.0f} / {new:.0f}")
     for k, c in adv.constraints.items():
         t.add_row(f"{k}: worst advised / planned (limit)",
                   f"{c['advised']['worst']:.3g} / {c['plan']['worst']:.3g} ({c['limit']:.3g})")

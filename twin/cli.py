@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import TwinError
+from .units import material_amount
 
 app = typer.Typer(help="An open, differentiable digital twin of fed-batch fermentation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -423,7 +424,8 @@ def optimize(
         t.add_row("P(new beats baseline)", f"{s['prob_new_beats_baseline']:.2f}")
         for k, m in s["material_L"].items():
             if m["baseline"]:
-                t.add_row(f"{k} used vs baseline", f"{m['new']:.0f} / {m['baseline']:.0f} L ({100 * m['relative_difference']:+.3f} %)")
+                (new, unit), (base, _) = material_amount(k, m["new"]), material_amount(k, m["baseline"])
+                t.add_row(f"{k} used vs baseline", f"{new:.0f} / {base:.0f} {unit} ({100 * m['relative_difference']:+.3f} %)")
         for k, c in s["constraints_new_recipe"].items():
             t.add_row(f"{k}: worst over draws (limit)", f"{c['worst']:.3g} ({c['limit']:.3g})")
         console.print(t)

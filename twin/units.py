@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import UnitError
 
-__all__ = ["Unit", "lookup", "to_internal", "from_internal", "internal_unit", "dimension_of"]
+__all__ = ["Unit", "lookup", "to_internal", "from_internal", "internal_unit", "dimension_of", "material_amount"]
 
 
 @dataclass(frozen=True)
@@ -195,3 +195,11 @@ _add("specific_oxygen_rate", ("mmol/g/h",), 1.0)
 _add("amount", ("mmol",), 1.0)
 _add("amount", ("mol",), 1e3)
 _add("specific_rate", ("g/g/min",), 60.0)
+
+
+def material_amount(variable: str, litres: float) -> tuple[float, str]:
+    """A material total (the integral of a flow, internal litres) as a person reads it:
+    gas (`aeration`) in m3, liquids in L. Returns `(value, unit)`."""
+    if variable == "aeration":
+        return float(litres) / 1000.0, "m3"
+    return float(litres), "L"
