@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -73,20 +74,30 @@ def _means_sds(idata, keys):
     return {k: (float(idata.posterior[k].mean()), float(idata.posterior[k].std())) for k in keys}
 
 
-def run_svi(steps: int, samples: int):
+def ips_spec(laplace_starts: int | None = None):
+    """The IndPenSim strain, with `laplace_starts` mode searches for SVI if given."""
     spec = load_strain(IPS)
+    if laplace_starts is not None:
+        spec = dataclasses.replace(spec, inference={**spec.inference, "laplace_starts": laplace_starts})
+    return spec
+
+
+def run_svi(steps: int, samples: int, laplace_starts: int | None = None):
+    spec = ips_spec(laplace_starts)
     t = time.perf_counter()
     res = calibrate(spec, method="svi", svi_steps=steps, samples=samples)
     return res, time.perf_counter() - t
 
 
-def run_svi_elsewhere(steps: int | None, samples: int, cache: str) -> float:
+def run_svi_elsewhere(steps: int | None, samples: int, cache: str, laplace_starts: int | None = None) -> float:
     """`run_svi`'s wall time in a new Python process whose compilation cache is `cache`: what a
     later run on the machine takes (it loads the compiled programs, but traces the model anew and
     has none of this process's in-memory caches)."""
     cmd = [sys.executable, __file__, "--svi-once", "--samples", str(samples)]
     if steps is not None:
         cmd += ["--svi-steps", str(steps)]
+    if laplace_starts is not None:
+        cmd += ["--laplace-starts", str(laplace_starts)]
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1].split(":")[1])
@@ -126,8 +137,8 @@ def run_nuts(warmup: int, samples: int, chains: int):
     return res, time.perf_counter() - t
 
 
-def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0):
-    spec = load_strain(IPS)
+def holdout(folds: int, per_fold: int, steps: int, draws: int, seed: int = 0, laplace_starts: int | None = None):
+    spec = ips_spec(laplace_starts)
     bs, recipes = load_history(spec)
     ids = list(bs.batch_ids)
     rng = np.random.default_rng(seed)
@@ -198,7 +209,7 @@ def coverage_intervals(pits: dict[str, list], rng: np.random.Generator, *, level
     return out
 
 
-def new_batches(seeds, steps: int | None, draws: int, seed: int = 0, res=None):
+def new_batches(seeds, steps: int | None, draws: int, seed: int = 0, res=None, laplace_starts: int | None = None):
     """Coverage on new plant batches: the posterior calibrated on all 12 demo batches (`res`, or
     SVI here) predicts IndPenSim batches on plant seeds the history never used, with operator
     variation (benchmarks/forecast.py's held-out batches, generated on first use), from nothing
@@ -208,7 +219,7 @@ def new_batches(seeds, steps: int | None, draws: int, seed: int = 0, res=None):
     from twin.data import BatchSet, load_batch_dir
     from twin.recipe import read_recipe_csv
 
-    spec = load_strain(IPS)
+    spec = ips_spec(laplace_starts)
     if res is None:
         res = calibrate(spec, method="svi", svi_steps=steps, samples=draws)
     sc = spec.scenario
@@ -302,6 +313,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="svi,nuts,holdout,newbatches,recovery,sbc")
     ap.add_argument("--svi-steps", type=int, default=None, help="default: the strain file's")
+    ap.add_argument("--laplace-starts", type=int, default=None,
+                    help="SVI's mode searches (default: the strain file's)")
+    ap.add_argument("--nuts-posterior", type=Path, default=None,
+                    help="compare SVI with this NUTS posterior (e.g. an earlier run's --out "
+                         "nuts_posterior.nc) instead of running NUTS")
     ap.add_argument("--warmup", type=int, default=None, help="default: the strain file's")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--chains", type=int, default=None, help="default: the strain file's")
@@ -318,7 +334,7 @@ def main(argv=None):
     ap.add_argument("--svi-once", action="store_true", help=argparse.SUPPRESS)  # run_svi_elsewhere's child
     a = ap.parse_args(argv)
     if a.svi_once:
-        print(f"svi_wall_s: {run_svi(a.svi_steps, a.samples)[1]:.3f}")
+        print(f"svi_wall_s: {run_svi(a.svi_steps, a.samples, a.laplace_starts)[1]:.3f}")
         return
     if a.quick:
         a.svi_steps, a.warmup, a.samples, a.chains, a.folds, a.per_fold, a.reps = 20, 10, 10, 1, 1, 2, 1
@@ -328,11 +344,13 @@ def main(argv=None):
     svi = nuts = None
     if "svi" in parts:
         with empty_compilation_cache() as cache:
-            svi, wall = run_svi(a.svi_steps, max(a.samples, 200))
-            warm = run_svi_elsewhere(a.svi_steps, max(a.samples, 200), cache)
+            svi, wall = run_svi(a.svi_steps, max(a.samples, 200), a.laplace_starts)
+            warm = run_svi_elsewhere(a.svi_steps, max(a.samples, 200), cache, a.laplace_starts)
         head["svi_wall_s"] = round(wall, 1)
         head["svi_wall_warm_s"] = round(warm, 1)
         head["svi_final_loss"] = round(float(svi.idata.attrs["svi_final_loss"]), 2)
+        head["svi_steps"] = int(svi.spec.inference["svi_steps"])
+        head["svi_laplace_starts"] = int(svi.spec.inference["laplace_starts"])
         if a.out:
             a.out.mkdir(parents=True, exist_ok=True)
             save_posterior(svi.idata, a.out / "svi_posterior.nc")
@@ -352,16 +370,22 @@ def main(argv=None):
         if a.out:
             a.out.mkdir(parents=True, exist_ok=True)
             save_posterior(nuts.idata, a.out / "nuts_posterior.nc")
-    if svi is not None and nuts is not None:
+    nuts_idata = nuts.idata if nuts is not None else None
+    if nuts_idata is None and a.nuts_posterior is not None:
+        from calibration.infer import load_posterior
+
+        nuts_idata = load_posterior(a.nuts_posterior)
+        print(f"SVI against the NUTS posterior {a.nuts_posterior} ({nuts_idata.attrs.get('created')})")
+    if svi is not None and nuts_idata is not None:
         keys = [p.key for p in svi.spec.priors]
-        ms, mn = _means_sds(svi.idata, keys), _means_sds(nuts.idata, keys)
+        ms, mn = _means_sds(svi.idata, keys), _means_sds(nuts_idata, keys)
         z = {k: abs(ms[k][0] - mn[k][0]) / mn[k][1] for k in keys}
         for k in keys:
             print(f"  {k}: SVI {ms[k][0]:.4g} (sd {ms[k][1]:.2g})  NUTS {mn[k][0]:.4g} (sd {mn[k][1]:.2g})  |diff|/sd {z[k]:.2f}")
         head["svi_vs_nuts_max_z"] = round(max(z.values()), 2)
         head["svi_sd_over_nuts_sd_median"] = round(float(np.median([ms[k][1] / mn[k][1] for k in keys])), 2)
     if "holdout" in parts:
-        cov, cov50, widths, ci = holdout(a.folds, a.per_fold, a.svi_steps, 200)
+        cov, cov50, widths, ci = holdout(a.folds, a.per_fold, a.svi_steps, 200, laplace_starts=a.laplace_starts)
         for k, (c, n) in cov.items():
             print(f"held-out coverage, {k}: 90 % interval {c:.3f} (bootstrap over batches {ci[k][0]:.3f}-"
                   f"{ci[k][1]:.3f}), 50 % interval {cov50[k]:.3f} over {n} observations")
@@ -385,7 +409,7 @@ def main(argv=None):
             head[f"holdout_coverage50_{k}"] = round(c, 3)
     if "newbatches" in parts:
         seeds = range(a.new_seed0, a.new_seed0 + a.new_batches)
-        cov, cov50, ci = new_batches(seeds, a.svi_steps, 200, res=svi)
+        cov, cov50, ci = new_batches(seeds, a.svi_steps, 200, res=svi, laplace_starts=a.laplace_starts)
         for k, (c, n) in cov.items():
             print(f"new plant batches (seeds {seeds.start}-{seeds.stop - 1}), {k}: 90 % interval {c:.3f} "
                   f"(bootstrap over batches {ci[k][0]:.3f}-{ci[k][1]:.3f}), 50 % interval {cov50[k]:.3f} "

@@ -173,6 +173,52 @@ def test_a_limit_the_plan_already_breaks_holds_the_advice_to_the_plan():
     assert same is objective and none == ()
 
 
+def test_path_limits_hold_point_by_point_against_the_plan():
+    """`_path_constraints`: without a reference, the smooth worst case of `RecipeOptimizer`
+    (closed forms, 1e-12); with the plan as reference, the plan's own excess over the limit is
+    allowed where it has it, but moving the plan's worst sugar to a particle and time where the
+    plan held the limit breaks the relaxed constraint, although the worst case over all points is
+    unchanged (which the worst-case relaxation let through)."""
+    from types import SimpleNamespace
+
+    import jax
+    import jax.numpy as jnp
+
+    from twin.advise import _no_worse_than_plan, _path_constraints
+    from twin.optimize import co2_excess
+
+    spec = SimpleNamespace(min_dissolved_oxygen=40.0, max_volume=100_000.0, max_substrate=1.0,
+                           max_dissolved_co2=1.55)
+    plan = {"do": jnp.asarray([[55.0, 38.0], [60.0, 45.0]]),
+            "volume": jnp.asarray([[90_000.0, 99_000.0], [91_000.0, 98_000.0]]),
+            "sugar": jnp.asarray([[0.2, 3.0], [0.1, 0.3]]),  # particle 0 breaks 1 g/L at its last time
+            "co2": jnp.asarray([[1.2, 1.4], [1.3, 1.5]])}
+    g = [float(x) for x in _path_constraints(plan, spec)]
+    do_min = -0.5 * jax.nn.logsumexp(-plan["do"] / 0.5)
+    vmax = 200.0 * jax.nn.logsumexp(plan["volume"] / 200.0)
+    smax = 0.02 * jax.nn.logsumexp(plan["sugar"] / 0.02)
+    want = [(40.0 - do_min) / 40.0, (vmax - 1e5) / 1e5, smax - 1.0, co2_excess(plan["co2"], 1.55)]
+    np.testing.assert_allclose(g, [float(w) for w in want], rtol=0, atol=1e-12)
+
+    names = ("dissolved oxygen >= 40 %", "volume <= 100 m3", "sugar <= 1 g/L", "dissolved CO2 <= 1.55 mmol/L")
+
+    def objective_for(reference):
+        def objective(u, args):
+            return jnp.asarray(0.0), jnp.stack(_path_constraints(u, spec, reference))
+        return objective
+
+    g_plan = [float(x) for x in _path_constraints(plan, spec, plan)]
+    held, which = _no_worse_than_plan(objective_for(plan), names, plan, g_plan=g_plan)
+    assert which == (names[0], names[2])  # DO 38 < 40 and sugar 3 > 1 on particle 0
+    np.testing.assert_allclose(np.asarray(held(plan, None)[1])[[0, 2]], 0.0, atol=1e-12)
+    moved = dict(plan, sugar=jnp.asarray([[0.2, 3.0], [0.1, 3.0]]))  # the same worst, on particle 1 too
+    assert float(held(moved, None)[1][2]) > 0.5  # 2 g/L above what is allowed there, relative to 1 g/L
+    loose, _ = _no_worse_than_plan(objective_for(None), names, plan)
+    assert float(loose(moved, None)[1][2]) < 0.02  # the worst case over all points barely moves
+    better = dict(plan, sugar=jnp.asarray([[0.2, 2.0], [0.1, 0.3]]))
+    assert float(held(better, None)[1][2]) < 0.0
+
+
 def test_replan_start_snaps_up_to_the_grid(scenario_file):
     spec = load_optimize_spec(load_scenario(scenario_file))
     assert replan_start(spec, 57.3, dt=1.0, t_end=170.0) == 58.0

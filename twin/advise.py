@@ -24,10 +24,11 @@ batch's *own* conditional posterior:
    in `twin optimize`. A budget (`budget = "baseline"`) is the material the plan would still feed
    over $[t_0, t_\text{end}]$: what was fed before is spent, whatever it was. The path
    constraints (DO minimum, volume maximum, residual sugar maximum, dissolved CO2 maximum) apply
-   from $t_0$ on (the past cannot be changed). One that continuing as planned already breaks on
-   the optimiser's particles holds the advice to no worse than the plan, not to the limit
-   (`_no_worse_than_plan`, said in the notes): otherwise the advice must first repair what the
-   plan breaks, whatever the cost in product, and comes out worse than the plan.
+   from $t_0$ on (the past cannot be changed), point by point against the plan: on each
+   particle at each time the limit holds, or, where continuing as planned already breaks it
+   there, the plan's own value (`_path_constraints`, `_no_worse_than_plan`; said in the notes).
+   Held to the limit, the advice would first have to repair what the plan breaks, whatever the
+   cost in product, and come out worse than the plan.
 4. **Check** on `check_draws` conditioned particles: the rounded advice and "continue as
    planned" (the plan after $t$) are both simulated on the same particles (paired), giving the
    expected gain in total product (vessel + drawn) with its 90 % interval, the probability of a
@@ -81,7 +82,6 @@ from .forecast import (
 from .optimize import (
     OptimizeSpec,
     RecipeOptimizer,
-    co2_excess,
     constraint_report,
     load_optimize_spec,
 )
@@ -308,14 +308,61 @@ class Advice:
         }
 
 
-def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar: np.ndarray,
-               previous: dict):
-    """(J in kg, g): the scenario's objective over the optimiser's particles, and the path
-    constraints from the re-plan start on (smooth worst cases over particles and time, scaled to
-    order one, as `RecipeOptimizer.objective`), plus the step from the running value to the
-    first new phase for every variable with `max_change`."""
-    tau_do, tau_v = 0.5, 0.002
+def _path_fields(traj, keep: np.ndarray, sugar: np.ndarray) -> dict:
+    """The fields the path limits hold on, per particle and saved time from the re-plan start
+    (residual sugar from `max_substrate_after_h`): DO (%), volume (L), sugar (g/L) and, where the
+    model has it, dissolved CO2 (mmol/L)."""
+    f = {"do": traj.outputs.dissolved_oxygen[:, keep], "volume": traj.states.volume[:, keep],
+         "sugar": (traj.states.substrate / traj.states.volume)[:, sugar]}
+    if traj.outputs.dissolved_co2 is not None:  # a model with CO2 (`[model] co2`)
+        f["co2"] = traj.outputs.dissolved_co2[:, keep]
+    return f
 
+
+def _path_constraints(f: dict, spec: OptimizeSpec, reference: dict | None = None) -> list:
+    r"""The path constraints `g <= 0` on the fields `f` (`_path_fields`): for a limit $L$ on a
+    field $x$, the smooth worst case over particles and times of the excess over what is allowed,
+    relative to the limit, $\tau\,\mathrm{LSE}((x - a)/\tau)/L$ (the form of
+    `RecipeOptimizer.objective` and `twin.optimize.co2_excess`; $\tau$ 0.5 DO percentage points,
+    0.2 % of the volume limit, 2 % of the sugar and 1 % of the CO2 limit).
+
+    Allowed: $a = L$; with `reference` (the plan's fields on the same particles)
+    $a = \max(L, x_\text{plan})$ point by point ($\min$ for the DO minimum): where the plan
+    already breaks the limit, on that particle at that time, the advice may go as far as the
+    plan and no further; elsewhere the limit holds. Held only on the worst case over all points,
+    the advice was free to raise any particle up to the plan's worst one: on plant batch 103 at
+    57 h the advice so held went beyond the plan on the check particles (dissolved CO2 2.00
+    against 1.77 mmol/L, sugar 5.6 against 2.3 g/L) and stalled the plant's uptake for 27.6 h
+    (`benchmarks/advise_plant.py`)."""
+    def allowed(name, limit, upper=True):
+        if reference is None:
+            return limit
+        return jnp.maximum(limit, reference[name]) if upper else jnp.minimum(limit, reference[name])
+
+    lse = jax.nn.logsumexp
+    g = []
+    if spec.min_dissolved_oxygen > 0:
+        lim, tau = spec.min_dissolved_oxygen, 0.5
+        g.append(tau * lse((allowed("do", lim, upper=False) - f["do"]) / tau) / lim)
+    lim, tau = spec.max_volume, 0.002 * spec.max_volume
+    g.append(tau * lse((f["volume"] - allowed("volume", lim)) / tau) / lim)
+    if spec.max_substrate is not None:
+        lim = spec.max_substrate
+        tau = 0.02 * lim
+        g.append(tau * lse((f["sugar"] - allowed("sugar", lim)) / tau) / lim)
+    if spec.max_dissolved_co2 is not None:
+        lim = spec.max_dissolved_co2
+        tau = 0.01 * lim
+        g.append(tau * lse((f["co2"] - allowed("co2", lim)) / tau) / lim)
+    return g
+
+
+def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar: np.ndarray,
+               previous: dict, reference: dict | None = None):
+    """(J in kg, g): the scenario's objective over the optimiser's particles, and the path
+    constraints from the re-plan start on (`_path_constraints`, with the plan's fields
+    `reference` where given), plus the step from the running value to the first new phase for
+    every variable with `max_change`."""
     def objective(controls, args):
         traj = opt.simulate(opt.recipe(controls))
         total_kg = traj.total_product[:, -1] / 1000.0
@@ -324,21 +371,7 @@ def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar
         else:
             k = max(math.ceil(spec.risk_level * total_kg.shape[0]), 1)
             J = jnp.mean(jnp.sort(total_kg)[:k])
-        g = []
-        if spec.min_dissolved_oxygen > 0:
-            do = traj.outputs.dissolved_oxygen[:, keep]
-            do_min = -tau_do * jax.nn.logsumexp(-do / tau_do)
-            g.append((spec.min_dissolved_oxygen - do_min) / spec.min_dissolved_oxygen)
-        vol = traj.states.volume[:, keep]
-        vmax = spec.max_volume * tau_v * jax.nn.logsumexp(vol / (spec.max_volume * tau_v))
-        g.append((vmax - spec.max_volume) / spec.max_volume)
-        if spec.max_substrate is not None:
-            sub = (traj.states.substrate / traj.states.volume)[:, sugar]
-            tau_s = 0.02 * spec.max_substrate
-            smax = tau_s * jax.nn.logsumexp(sub / tau_s)
-            g.append((smax - spec.max_substrate) / spec.max_substrate)
-        if spec.max_dissolved_co2 is not None:
-            g.append(co2_excess(traj.outputs.dissolved_co2[:, keep], spec.max_dissolved_co2))
+        g = _path_constraints(_path_fields(traj, keep, sugar), spec, reference)
         for v in spec.variables:
             if v.max_change is not None:
                 du = controls[v.name][0] - previous[v.name]
@@ -360,9 +393,10 @@ def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar
     return objective, tuple(names)
 
 
-def _no_worse_than_plan(objective, names, plan_controls):
+def _no_worse_than_plan(objective, names, plan_controls, g_plan=None):
     """The objective with every path constraint that the plan itself breaks relaxed to the plan's
     own value: `g - max(g(plan), 0)`. Returns `(objective, names of the relaxed constraints)`.
+    `g_plan`: the constraints at the plan, if known (else the objective is evaluated there).
 
     Why: a running batch can already be on course to break a limit (say dissolved CO2 above
     `max_dissolved_co2` later on, on every particle). Held to the limit, the advice must first
@@ -370,8 +404,11 @@ def _no_worse_than_plan(objective, names, plan_controls):
     as planned, so the operator gets no advice at all. Held to "no worse than the plan" it may
     still lower the excess, and the plan is a feasible start (a constraint softened where the
     current course is already infeasible, as model predictive control does; Rawlings, Mayne &
-    Diehl 2017). The steps from the running value (`max_change`) are never relaxed."""
-    _, g_plan = jax.jit(objective)(plan_controls, None)
+    Diehl 2017). `advise` builds the constraints point by point against the plan
+    (`_path_constraints` with a reference), so "no worse" holds on each particle at each time,
+    up to the smoothing. The steps from the running value (`max_change`) are never relaxed."""
+    if g_plan is None:
+        _, g_plan = jax.jit(objective)(plan_controls, None)
     slack = np.maximum(np.asarray(g_plan, dtype=float), 0.0)
     path = np.asarray([not n.startswith("step ") for n in names])
     slack = np.where(path, slack, 0.0)
@@ -502,14 +539,18 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
     sugar = ts >= spec.max_substrate_after_h - 1e-9
     mid = start - 0.5 * dt
     previous = {v.name: float(opt.baseline.profiles[v.name](mid)) for v in spec.variables}
-    objective, names = _objective(opt, spec, keep, sugar, previous)
-
     from .control import LBFGS, ControlProblem, solve
 
     plan_phases = {v.name: opt.baseline_phases[v.name] for v in spec.variables}
     starts = [{b.name: np.clip(plan_phases[b.name], np.asarray(b.lower), np.asarray(b.upper))
                for b in opt.blocks}]
-    objective, relaxed = _no_worse_than_plan(objective, names, starts[0])
+    # the plan's path fields on the optimiser's particles: the limits hold point by point against them
+    reference = jax.tree_util.tree_map(np.asarray, jax.jit(
+        lambda c: _path_fields(opt.simulate(opt.recipe(c)), keep, sugar))(starts[0]))
+    objective, names = _objective(opt, spec, keep, sugar, previous, reference=reference)
+    g_plan = [float(x) for x in _path_constraints(reference, spec, reference)]
+    g_plan += [0.0] * (len(names) - len(g_plan))  # the steps are never relaxed
+    objective, relaxed = _no_worse_than_plan(objective, names, starts[0], g_plan=g_plan)
     problem = ControlProblem(opt.blocks, objective, constraint_names=names)
     report(f"re-planning {start:g}-{t_end:g} h (L-BFGS iterations, all starts and rounds)", 0, None)
     result = solve(problem, starts=starts, n_random=spec.starts,
@@ -541,7 +582,8 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
     constraints, notes = {}, list(cond.notes)
     for name in relaxed:
         notes.append(f"continuing as planned already breaks '{name}' on the optimiser's particles: "
-                     "the advice is held to no worse than the plan there, not to the limit")
+                     "the advice is held to no worse than the plan where (particle and time) the plan breaks it, "
+                     "and to the limit elsewhere")
     for name, c in cons_new.items():
         p = cons_plan[name]
         constraints[name] = {"limit": c["limit"],
