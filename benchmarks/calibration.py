@@ -42,7 +42,7 @@ evaluations of the potential's value and gradient, 14-15 ms each, two at a time 
 1.6 x), the VI 18 s (1000 steps of 2 draws). `--parts svi --laplace-starts 2 --svi-steps 600
 --nuts-posterior ...` took 30.2 s warm (59.4 s cold), max |SVI - NUTS| 0.80 NUTS SD, against
 55.0 s (81.4 s) and 0.83 with the strain file's 4 starts and 1000 steps; not adopted, because on
-leave-4-out folds of the history a third or fourth start found the best mode (fold 2: Laplace
+leave-4-out folds of the history a third start found a better mode (fold 2: Laplace
 evidence -40.0 against -41.2 for the first two starts).
 
 Ends with `name: value` headline lines. Targets (issue 4): NUTS < 300 s with r-hat <= 1.01 and

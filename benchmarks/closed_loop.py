@@ -77,6 +77,15 @@ def sugar_stall_h(trajectory, *, after_h: float = 30.0, threshold_g_L: float = 0
     return float(dt[high].sum())
 
 
+def _replan_row(seed: int, c, *, open_kg: float, predicted_pct: float, refused: bool, advise_s: float) -> dict:
+    """One seed's re-planning figures from `c`, a row of a paired comparison (the batch as run,
+    against the default recipe on the same seed)."""
+    return dict(seed=seed, refused=refused, replan_kg=c["penicillin_total_kg_recipe"], open_kg=open_kg,
+                default_kg=c["penicillin_total_kg_default"], predicted_pct=predicted_pct,
+                peak_volume_m3=c["peak_volume_L_recipe"] / 1000.0, base_ratio=c["base_L_recipe"] / c["base_L_default"],
+                sugar_diff_pct=c["sugar_kg_diff_pct"], oil_diff_pct=c["oil_L_diff_pct"], advise_s=advise_s)
+
+
 def replan(posterior, recipe, cmp, seeds, *, at: float, scenario: Path, overrides, out: Path) -> dict:
     """Re-plan each seed's batch at `at` h with `twin advise` from its own plant records.
 
@@ -114,37 +123,31 @@ def replan(posterior, recipe, cmp, seeds, *, at: float, scenario: Path, override
         name = f"IPS-CL-{seed}"
         d = out / "replan" / name
         m = run.measurements.assign(batch=name)
-        bs = batch_set_from_frames(m[m["time_h"] <= at + 1e-9], pd.DataFrame([{**run.batches_row("twin recipe"), "batch": name}]),
-                                   source=name)
-        write_batches(bs, d, fmt="parquet")
+        batches = pd.DataFrame([{**run.batches_row("twin recipe"), "batch": name}])
+        write_batches(batch_set_from_frames(m[m["time_h"] <= at + 1e-9], batches, source=name), d, fmt="parquet")
         rec = read_running_batch(d / "measurements.parquet")
         t = time.perf_counter()
-        open_kg, default_kg = tab.loc[seed, "penicillin_total_kg_recipe"], tab.loc[seed, "penicillin_total_kg_default"]
+        open_loop = tab.loc[seed]
+        open_kg = open_loop["penicillin_total_kg_recipe"]
         try:
             adv = advise(post, rec, recipe, sc, at=at, key=jax.random.PRNGKey(seed), future_flows=flows)
         except AdviseError as e:  # no advice: the batch continues with the open-loop recipe
             print(f"seed {seed}: no advice ({time.perf_counter() - t:.0f} s): {e}", flush=True)
-            rows.append(dict(seed=seed, refused=True, replan_kg=open_kg, open_kg=open_kg, default_kg=default_kg,
-                             predicted_pct=0.0, peak_volume_m3=tab.loc[seed, "peak_volume_L_recipe"] / 1000.0,
-                             base_ratio=tab.loc[seed, "base_L_recipe"] / tab.loc[seed, "base_L_default"],
-                             sugar_diff_pct=tab.loc[seed, "sugar_kg_diff_pct"], oil_diff_pct=tab.loc[seed, "oil_L_diff_pct"],
-                             advise_s=time.perf_counter() - t))
+            rows.append(_replan_row(seed, open_loop, open_kg=open_kg, predicted_pct=0.0, refused=True,
+                                    advise_s=time.perf_counter() - t))
             continue
         t_adv = time.perf_counter() - t
         plot_advice(adv, rec, path=out / "replan" / f"advice_{seed}_{at:g}h.png")
         new = advised_plant_recipe(recipe, adv, variables)
         paired = compare_recipes(new, [seed], baseline=default_recipe())
-        c = paired.table.iloc[0]
-        row = dict(seed=seed, refused=False, replan_kg=c["penicillin_total_kg_recipe"], open_kg=open_kg,
-                   default_kg=c["penicillin_total_kg_default"], predicted_pct=adv.gain_pct["mean"],
-                   peak_volume_m3=c["peak_volume_L_recipe"] / 1000.0, base_ratio=c["base_L_recipe"] / c["base_L_default"],
-                   sugar_diff_pct=c["sugar_kg_diff_pct"], oil_diff_pct=c["oil_L_diff_pct"], advise_s=t_adv)
+        row = _replan_row(seed, paired.table.iloc[0], open_kg=open_kg, predicted_pct=adv.gain_pct["mean"],
+                          refused=False, advise_s=t_adv)
         rows.append(row)
-        print(f"seed {seed}: re-planned from {adv.start_h:g} h in {t_adv:.0f} s (twin: {adv.gain_pct['mean']:+.2f} % "
-              f"over the open-loop recipe); plant {row['default_kg']:.0f} (default) -> {open_kg:.0f} (open loop) "
-              f"-> {row['replan_kg']:.0f} kg (re-planned); sugar {row['sugar_diff_pct']:+.2f} %, oil "
-              f"{row['oil_diff_pct']:+.2f} %, base x {row['base_ratio']:.3f}, peak volume {row['peak_volume_m3']:.2f} m3",
-              flush=True)
+        print(f"seed {seed}: re-planned from {adv.start_h:g} h in {t_adv:.0f} s (twin: "
+              f"{adv.gain_pct['mean']:+.2f} % over the open-loop recipe); plant {row['default_kg']:.0f} (default) "
+              f"-> {open_kg:.0f} (open loop) -> {row['replan_kg']:.0f} kg (re-planned); sugar "
+              f"{row['sugar_diff_pct']:+.2f} %, oil {row['oil_diff_pct']:+.2f} %, base x {row['base_ratio']:.3f}, "
+              f"peak volume {row['peak_volume_m3']:.2f} m3", flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(out / "replan.csv", index=False)
     vs_default = 100.0 * (df["replan_kg"] / df["default_kg"] - 1.0)

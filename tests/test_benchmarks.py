@@ -302,3 +302,21 @@ def test_advise_plant_splices_the_advice_after_its_start():
     for v in base.profiles:
         want = np.where(t > 120, a, sample(base, v, t)) if v == "substrate_feed" else sample(base, v, t)
         np.testing.assert_allclose(sample(new, v, t), want, rtol=0, atol=1e-12, err_msg=v)
+
+
+def test_closed_loop_replan_row_counts_refused_advice_as_the_open_loop_batch():
+    """benchmarks/closed_loop.py --replan-at: a seed whose advice is refused continues on the
+    open-loop recipe, so its row is the open-loop comparison's (gain over open loop exactly 0);
+    a re-planned seed's row takes the re-planned run's totals, the open-loop total kept apart."""
+    import pandas as pd
+
+    bench = _load("closed_loop")
+    c = pd.Series({"penicillin_total_kg_recipe": 3300.0, "penicillin_total_kg_default": 3200.0,
+                   "peak_volume_L_recipe": 95_500.0, "base_L_recipe": 1020.0, "base_L_default": 1000.0,
+                   "sugar_kg_diff_pct": -0.5, "oil_L_diff_pct": 0.1})
+    refused = bench._replan_row(7, c, open_kg=3300.0, predicted_pct=0.0, refused=True, advise_s=1.0)
+    assert refused["replan_kg"] == refused["open_kg"] == 3300.0 and refused["default_kg"] == 3200.0
+    assert refused["peak_volume_m3"] == pytest.approx(95.5) and refused["base_ratio"] == pytest.approx(1.02)
+    replanned = bench._replan_row(7, c.replace(3300.0, 3330.0), open_kg=3300.0, predicted_pct=1.0, refused=False,
+                                  advise_s=1.0)
+    assert replanned["replan_kg"] == 3330.0 and replanned["open_kg"] == 3300.0
