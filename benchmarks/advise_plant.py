@@ -32,9 +32,9 @@ At 57 h the plan stalled the plant's sugar uptake on seeds 100, 101 and 108 (9.4
 and +6.6 % there, far above what the twin predicted (+5.0, +4.4, +3.8 %): the twin sees a
 smaller stall than the plant has. Sugar within 1.65 % and oil within 0.11 % of the plan (at 57
 h; sugar less, not more, where the gap is largest), base at most 1.05 x, peak volume at most
-100.09 m3 (seed 108, whose plan itself peaks at 100.30 m3 on the plant). At 115 h the twin over-predicts on 6 of 10
-seeds (about +1 % on the plant where it says +1.9 to +2.7 %): its paired interval leaves out
-the structural error of the response to a change.
+100.09 m3 (seed 108, whose plan itself peaks at 100.30 m3 on the plant). At 115 h the twin
+over-predicts on 6 of 10 seeds (about +1 % on the plant where it says +1.9 to +2.7 %): its
+paired interval leaves out the structural error of the response to a change.
 
 Before (the limits held only on their worst case over all particles and times, relaxed to the
 plan's worst where the plan broke them; 2026-11-30): at 115 h +1.92 % (min +0.90 %, 10 of 10;

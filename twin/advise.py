@@ -393,10 +393,10 @@ def _objective(opt: RecipeOptimizer, spec: OptimizeSpec, keep: np.ndarray, sugar
     return objective, tuple(names)
 
 
-def _no_worse_than_plan(objective, names, plan_controls, g_plan=None):
+def _no_worse_than_plan(objective, names, g_plan):
     """The objective with every path constraint that the plan itself breaks relaxed to the plan's
-    own value: `g - max(g(plan), 0)`. Returns `(objective, names of the relaxed constraints)`.
-    `g_plan`: the constraints at the plan, if known (else the objective is evaluated there).
+    own value: `g - max(g(plan), 0)`, `g_plan` the constraints at the plan. Returns
+    `(objective, names of the relaxed constraints)`.
 
     Why: a running batch can already be on course to break a limit (say dissolved CO2 above
     `max_dissolved_co2` later on, on every particle). Held to the limit, the advice must first
@@ -407,8 +407,6 @@ def _no_worse_than_plan(objective, names, plan_controls, g_plan=None):
     Diehl 2017). `advise` builds the constraints point by point against the plan
     (`_path_constraints` with a reference), so "no worse" holds on each particle at each time,
     up to the smoothing. The steps from the running value (`max_change`) are never relaxed."""
-    if g_plan is None:
-        _, g_plan = jax.jit(objective)(plan_controls, None)
     slack = np.maximum(np.asarray(g_plan, dtype=float), 0.0)
     path = np.asarray([not n.startswith("step ") for n in names])
     slack = np.where(path, slack, 0.0)
@@ -550,7 +548,7 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
     objective, names = _objective(opt, spec, keep, sugar, previous, reference=reference)
     g_plan = [float(x) for x in _path_constraints(reference, spec, reference)]
     g_plan += [0.0] * (len(names) - len(g_plan))  # the steps are never relaxed
-    objective, relaxed = _no_worse_than_plan(objective, names, starts[0], g_plan=g_plan)
+    objective, relaxed = _no_worse_than_plan(objective, names, g_plan)
     problem = ControlProblem(opt.blocks, objective, constraint_names=names)
     report(f"re-planning {start:g}-{t_end:g} h (L-BFGS iterations, all starts and rounds)", 0, None)
     result = solve(problem, starts=starts, n_random=spec.starts,

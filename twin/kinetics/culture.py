@@ -122,7 +122,8 @@ class CultureKinetics(AbstractKinetics):
         return self.oxygen(jnp.maximum(dissolved_oxygen, 0.0))
 
     def _rates(self, broth: Broth, f_o) -> Rates:
-        env = self.temperature(broth.temperature) * self.ph(broth.pH)
+        f_ph = self.ph(broth.pH)
+        env = self.temperature(broth.temperature) * f_ph
         tox = 1.0 if self.precursor is None else self.precursor.toxicity(broth.precursor)
         if self.co2 is not None:  # dissolved CO2 stops growth and uptake like a toxin
             tox = tox * self.co2(broth.dissolved_co2)
@@ -131,7 +132,7 @@ class CultureKinetics(AbstractKinetics):
         if self.production_temperature is None:  # production follows the growth curve
             p_activity = activity
         else:
-            p_activity = self.production_temperature(broth.temperature) * self.ph(broth.pH) * f_o
+            p_activity = self.production_temperature(broth.temperature) * f_ph * f_o
         mu, q_s, q_oil, q_p = self.carbon.split(self, broth, activity, f_o, tox, lim, p_activity)
         q_prec = 0.0 if self.precursor is None else self.precursor.uptake(q_p, mu, broth.precursor)
         q_o2 = jnp.maximum(mu, 0.0) / self.respiration.Y_XO + q_p / self.respiration.Y_PO + self.respiration.m_O * f_o
