@@ -184,6 +184,12 @@ def main(argv=None):
                     help="also re-plan each batch at this hour with `twin advise` from its own plant "
                          "records (e.g. 57), and report the re-planned batches against the default")
     a = ap.parse_args(argv)
+    if a.recipe is not None:  # checked before any work
+        if a.posterior is None:
+            ap.error("--recipe needs the --posterior it was optimised for")
+        if not (a.recipe.is_file() and (a.recipe.parent / "summary.json").is_file()):
+            ap.error(f"--recipe {a.recipe}: needs the recipe.csv of a `twin optimize` run with its "
+                     "summary.json beside it")
     t0 = time.perf_counter()
     a.out.mkdir(parents=True, exist_ok=True)
     head = {}
@@ -203,8 +209,6 @@ def main(argv=None):
         head["optimize_s"] = round(time.perf_counter() - t, 1)
         recipe_path = a.out / "optimize/recipe.csv"
     else:  # an earlier `twin optimize` of the same posterior: its summary.json beside it
-        if a.posterior is None:
-            ap.error("--recipe needs the --posterior it was optimised for")
         recipe_path = a.recipe
         s = json.loads((a.recipe.parent / "summary.json").read_text())
     print(f"recipe {recipe_path}: predicted gain {s['expected_gain_pct']:+.2f} % "
