@@ -27,10 +27,12 @@ the plant's run of the recipe on the seed gives the running batch's records up t
 as a batch folder, read back as `twin advise --batch` reads it); `twin advise` conditions the
 same posterior on them and re-optimises the rest of the batch under the same `[optimize]` table
 (the budget is what the recipe would still feed, so the totals stay the recipe's); the plant
-then runs the recipe up to the advice's start and the advice after it, on the same seed. The
-plant gives only the batch's own measurements, never a what-if. Reported (`replan_*`) against
-the default recipe and against the open-loop recipe, paired per seed; advice that
-`twin advise` refuses leaves the batch on the open-loop recipe. `--recipe DIR/recipe.csv`
+then runs the recipe up to the advice's start and the advice after it, on the same seed. With
+`--replan-at H1,H2,...` again at each later hour, from the plant's run of the spliced recipe and
+with it as the plan. The plant gives only the batch's own measurements, never a what-if.
+Reported (`replan_*`, after the last re-plan; `replan_after_<H>h_mean_gain_pct` after each)
+against the default recipe and against the open-loop recipe, paired per seed; advice that
+`twin advise` refuses leaves the batch on its recipe. `--recipe DIR/recipe.csv`
 runs an earlier `twin optimize` (its summary.json beside it) instead of optimising again.
 
 Measured (2026-12-01, `python benchmarks/closed_loop.py --replan-at 57`, 1701 s): the open-loop
@@ -86,16 +88,19 @@ def _replan_row(seed: int, c, *, open_kg: float, predicted_pct: float, refused: 
                 sugar_diff_pct=c["sugar_kg_diff_pct"], oil_diff_pct=c["oil_L_diff_pct"], advise_s=advise_s)
 
 
-def replan(posterior, recipe, cmp, seeds, *, at: float, scenario: Path, overrides, out: Path) -> dict:
-    """Re-plan each seed's batch at `at` h with `twin advise` from its own plant records.
+def replan(posterior, recipe, cmp, seeds, *, at, scenario: Path, overrides, out: Path) -> dict:
+    """Re-plan each seed's batch at each hour of `at` (a sequence, in order) with `twin advise`
+    from its own plant records.
 
     The plant's run of `recipe` on the seed (from `cmp`, the open-loop comparison) gives the
-    running batch: its measurements up to `at` are written as a batch folder and read back as
-    `twin advise` reads them. The advice (conditioned on those data, same posterior, same
-    `[optimize]` table; the budget is what `recipe` would still feed) replaces the rest of the
-    optimised variables; the plant then runs the spliced recipe on the same seed: up to the
-    advice's start the same batch. Gains against the default recipe and against the open-loop
-    recipe, both paired on the seed. Returns the headline figures (`replan_*`)."""
+    running batch: its measurements up to the first hour are written as a batch folder and read
+    back as `twin advise` reads them. The advice (conditioned on those data, same posterior, same
+    `[optimize]` table; the budget is what the batch's recipe would still feed) replaces the rest
+    of the optimised variables; the plant then runs the spliced recipe on the same seed: up to the
+    advice's start the same batch. At each later hour the same again, from the plant's run of the
+    spliced recipe and with it as the plan. Advice that `twin advise` refuses leaves the batch on
+    its recipe. Gains against the default recipe and against the open-loop recipe, both paired on
+    the seed, after every re-plan. Returns the headline figures (`replan_*`: after the last)."""
     import jax
     import pandas as pd
 
@@ -110,6 +115,9 @@ def replan(posterior, recipe, cmp, seeds, *, at: float, scenario: Path, override
     sys.path.append(str(ROOT / "benchmarks"))
     from advise_plant import advised_plant_recipe
 
+    hours = [float(h) for h in at]
+    if any(b <= a for a, b in zip(hours, hours[1:])):
+        raise ValueError(f"--replan-at: the hours must increase, got {hours}")
     post = load_strain_posterior(posterior)
     sc = load_scenario(scenario, overrides=parse_overrides(overrides))
     variables = [v.name for v in load_optimize_spec(sc).variables]
@@ -117,54 +125,77 @@ def replan(posterior, recipe, cmp, seeds, *, at: float, scenario: Path, override
     history, _ = load_history(post.spec)
     flows = historical_flows(history, dt=dt, t_end=t_end)
     tab = cmp.table.set_index("seed")
-    rows = []
+    stages = {h: [] for h in hours}
     for seed in seeds:
-        run = cmp.runs[seed][0]
-        name = f"IPS-CL-{seed}"
-        d = out / "replan" / name
-        m = run.measurements.assign(batch=name)
-        batches = pd.DataFrame([{**run.batches_row("twin recipe"), "batch": name}])
-        write_batches(batch_set_from_frames(m[m["time_h"] <= at + 1e-9], batches, source=name), d, fmt="parquet")
-        rec = read_running_batch(d / "measurements.parquet")
-        t = time.perf_counter()
-        open_loop = tab.loc[seed]
-        open_kg = open_loop["penicillin_total_kg_recipe"]
-        try:
-            adv = advise(post, rec, recipe, sc, at=at, key=jax.random.PRNGKey(seed), future_flows=flows)
-        except AdviseError as e:  # no advice: the batch continues with the open-loop recipe
-            print(f"seed {seed}: no advice ({time.perf_counter() - t:.0f} s): {e}", flush=True)
-            rows.append(_replan_row(seed, open_loop, open_kg=open_kg, predicted_pct=0.0, refused=True,
-                                    advise_s=time.perf_counter() - t))
-            continue
-        t_adv = time.perf_counter() - t
-        plot_advice(adv, rec, path=out / "replan" / f"advice_{seed}_{at:g}h.png")
-        new = advised_plant_recipe(recipe, adv, variables)
-        paired = compare_recipes(new, [seed], baseline=default_recipe())
-        row = _replan_row(seed, paired.table.iloc[0], open_kg=open_kg, predicted_pct=adv.gain_pct["mean"],
-                          refused=False, advise_s=t_adv)
-        rows.append(row)
-        print(f"seed {seed}: re-planned from {adv.start_h:g} h in {t_adv:.0f} s (twin: "
-              f"{adv.gain_pct['mean']:+.2f} % over the open-loop recipe); plant {row['default_kg']:.0f} (default) "
-              f"-> {open_kg:.0f} (open loop) -> {row['replan_kg']:.0f} kg (re-planned); sugar "
-              f"{row['sugar_diff_pct']:+.2f} %, oil {row['oil_diff_pct']:+.2f} %, base x {row['base_ratio']:.3f}, "
-              f"peak volume {row['peak_volume_m3']:.2f} m3", flush=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "replan.csv", index=False)
+        run, plan, row = cmp.runs[seed][0], recipe, tab.loc[seed]
+        open_kg = row["penicillin_total_kg_recipe"]
+        for h in hours:
+            name = f"IPS-CL-{seed}"
+            d = out / "replan" / f"{name}_{h:g}h"
+            m = run.measurements.assign(batch=name)
+            batches = pd.DataFrame([{**run.batches_row("twin recipe"), "batch": name}])
+            write_batches(batch_set_from_frames(m[m["time_h"] <= h + 1e-9], batches, source=name), d, fmt="parquet")
+            rec = read_running_batch(d / "measurements.parquet")
+            t = time.perf_counter()
+            try:
+                adv = advise(post, rec, plan, sc, at=h, key=jax.random.PRNGKey(seed), future_flows=flows)
+            except AdviseError as e:  # no advice: the batch continues with its recipe
+                print(f"seed {seed} at {h:g} h: no advice ({time.perf_counter() - t:.0f} s): {e}", flush=True)
+                stages[h].append(_replan_row(seed, row, open_kg=open_kg, predicted_pct=0.0, refused=True,
+                                             advise_s=time.perf_counter() - t))
+                continue
+            t_adv = time.perf_counter() - t
+            plot_advice(adv, rec, path=out / "replan" / f"advice_{seed}_{h:g}h.png")
+            before_kg = row["penicillin_total_kg_recipe"]
+            plan = advised_plant_recipe(plan, adv, variables)
+            paired = compare_recipes(plan, [seed], baseline=default_recipe())
+            run, row = paired.runs[seed][0], paired.table.iloc[0]
+            r = _replan_row(seed, row, open_kg=open_kg, predicted_pct=adv.gain_pct["mean"], refused=False,
+                            advise_s=t_adv)
+            stages[h].append(r)
+            print(f"seed {seed}: re-planned from {adv.start_h:g} h in {t_adv:.0f} s (twin: "
+                  f"{adv.gain_pct['mean']:+.2f} % over its plan); plant {r['default_kg']:.0f} (default) "
+                  f"-> {open_kg:.0f} (open loop) -> {before_kg:.0f} (plan) -> {r['replan_kg']:.0f} kg "
+                  f"(re-planned); sugar {r['sugar_diff_pct']:+.2f} %, oil {r['oil_diff_pct']:+.2f} %, base x "
+                  f"{r['base_ratio']:.3f}, peak volume {r['peak_volume_m3']:.2f} m3", flush=True)
+    frames = [pd.DataFrame(rows).assign(at_h=h) for h, rows in stages.items()]
+    pd.concat(frames, ignore_index=True).to_csv(out / "replan.csv", index=False)
+    head = {"replan_at_h": ",".join(f"{h:g}" for h in hours)}
+    for h, df in zip(hours, frames):
+        vs_default = 100.0 * (df["replan_kg"] / df["default_kg"] - 1.0)
+        if len(hours) > 1:
+            head[f"replan_after_{h:g}h_mean_gain_pct"] = round(float(vs_default.mean()), 2)
+    # after the last re-plan: each stage's predicted gain is over the plan it re-planned
+    predicted = 100.0 * (np.prod([1.0 + df["predicted_pct"].to_numpy() / 100.0 for df in frames], axis=0) - 1.0)
+    df = frames[-1]
+    every = pd.concat(frames, ignore_index=True)
     vs_default = 100.0 * (df["replan_kg"] / df["default_kg"] - 1.0)
     vs_open = 100.0 * (df["replan_kg"] / df["open_kg"] - 1.0)
-    return {"replan_at_h": at,
-            "replan_mean_gain_pct": round(float(vs_default.mean()), 2),
-            "replan_min_gain_pct": round(float(vs_default.min()), 2),
-            "replan_seeds_better": int((vs_default > 0).sum()),
-            "replan_vs_open_loop_mean_pct": round(float(vs_open.mean()), 2),
-            "replan_vs_open_loop_min_pct": round(float(vs_open.min()), 2),
-            "replan_predicted_vs_open_loop_mean_pct": round(float(df["predicted_pct"].mean()), 2),
-            "replan_refused": int(df["refused"].sum()),
-            "replan_peak_volume_max_m3": round(float(df["peak_volume_m3"].max()), 2),
-            "replan_base_ratio_max": round(float(df["base_ratio"].max()), 3),
-            "replan_sugar_diff_pct_max_abs": round(float(df["sugar_diff_pct"].abs().max()), 2),
-            "replan_oil_diff_pct_max_abs": round(float(df["oil_diff_pct"].abs().max()), 2),
-            "replan_advise_median_s": round(float(df["advise_s"].median()), 1)}
+    head.update({
+        "replan_mean_gain_pct": round(float(vs_default.mean()), 2),
+        "replan_min_gain_pct": round(float(vs_default.min()), 2),
+        "replan_seeds_better": int((vs_default > 0).sum()),
+        "replan_vs_open_loop_mean_pct": round(float(vs_open.mean()), 2),
+        "replan_vs_open_loop_min_pct": round(float(vs_open.min()), 2),
+        "replan_predicted_vs_open_loop_mean_pct": round(float(predicted.mean()), 2),
+        "replan_refused": int(every["refused"].sum()),
+        "replan_peak_volume_max_m3": round(float(every["peak_volume_m3"].max()), 2),
+        "replan_base_ratio_max": round(float(every["base_ratio"].max()), 3),
+        "replan_sugar_diff_pct_max_abs": round(float(every["sugar_diff_pct"].abs().max()), 2),
+        "replan_oil_diff_pct_max_abs": round(float(every["oil_diff_pct"].abs().max()), 2),
+        "replan_advise_median_s": round(float(every["advise_s"].median()), 1)})
+    return head
+
+
+def _hours(text: str) -> list[float]:
+    """`--replan-at`: hours, comma-separated, increasing."""
+    try:
+        hours = [float(h) for h in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hours, comma-separated (e.g. 57,115), got {text!r}") from None
+    if any(b <= a for a, b in zip(hours, hours[1:])):
+        raise argparse.ArgumentTypeError(f"the hours must increase, got {text!r}")
+    return hours
 
 
 def main(argv=None):
@@ -180,9 +211,10 @@ def main(argv=None):
     ap.add_argument("--recipe", type=Path, default=None,
                     help="run this recipe.csv of an earlier `twin optimize` (with its summary.json beside "
                          "it and its --posterior) instead of optimising now")
-    ap.add_argument("--replan-at", type=float, default=None,
-                    help="also re-plan each batch at this hour with `twin advise` from its own plant "
-                         "records (e.g. 57), and report the re-planned batches against the default")
+    ap.add_argument("--replan-at", type=_hours, default=None,
+                    help="also re-plan each batch at these hours (comma-separated, increasing, e.g. 57 "
+                         "or 57,115) with `twin advise` from its own plant records, and report the "
+                         "re-planned batches against the default")
     a = ap.parse_args(argv)
     if a.recipe is not None:  # checked before any work
         if a.posterior is None:

@@ -320,3 +320,14 @@ def test_closed_loop_replan_row_counts_refused_advice_as_the_open_loop_batch():
     replanned = bench._replan_row(7, c.replace(3300.0, 3330.0), open_kg=3300.0, predicted_pct=1.0, refused=False,
                                   advise_s=1.0)
     assert replanned["replan_kg"] == 3330.0 and replanned["open_kg"] == 3300.0
+
+
+def test_closed_loop_replan_hours_are_increasing_and_checked_before_any_work(capsys):
+    """benchmarks/closed_loop.py --replan-at 57,115 re-plans twice, in order; hours out of order or
+    not numbers are refused by the argument parser, before any calibration or plant run."""
+    bench = _load("closed_loop")
+    assert bench._hours("57") == [57.0] and bench._hours("57,115") == [57.0, 115.0]
+    for bad in ("115,57", "57,57", "57,noon"):
+        with pytest.raises(SystemExit):
+            bench.main(["--replan-at", bad, "--out", "/nonexistent/never-written"])
+        assert "--replan-at" in capsys.readouterr().err
