@@ -65,9 +65,25 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SCENARIO = ROOT / "scenarios/penicillin_indpensim.toml"
 
 
+def _cut_after(p, t0: float):
+    """(start, value, value_end) of the phases of profile `p` after `t0`, a phase that spans `t0`
+    cut there (a linear phase keeps its slope: its value at `t0` becomes its start value)."""
+    ps, pv, pe = (np.asarray(x, dtype=float) for x in (p.start, p.value, p.value_end))
+    stops = np.asarray(p.stops, dtype=float)
+    take = stops > t0 + 1e-9
+    s, v, ve = ps[take], pv[take].copy(), pe[take]
+    if take.any() and s[0] < t0:
+        j = np.flatnonzero(take)[0]
+        v[0] = pv[j] + (t0 - ps[j]) / (stops[j] - ps[j]) * (pe[j] - pv[j])
+        s = np.concatenate([[t0], s[1:]])
+    return s, v, ve
+
+
 def splice(plan, advice, t0: float):
-    """`plan`'s profile before `t0` and `advice`'s from `t0` on (a linear phase of the plan cut
-    at `t0` keeps its slope: its end value becomes its value at `t0`)."""
+    """`plan`'s profile before `t0` and `advice`'s from `t0` on (a linear phase cut at `t0` keeps
+    its slope: cut before `t0`, its end value becomes its value at `t0`; cut after, its start
+    value). The advice's phase at `t0` may begin before it: `twin advise` merges a first advised
+    phase that keeps the value running at `t0` into the recorded phase before it."""
     from twin.recipe import Profile
 
     ps, pv, pe = (np.asarray(x, dtype=float) for x in (plan.start, plan.value, plan.value_end))
@@ -77,14 +93,13 @@ def splice(plan, advice, t0: float):
     if keep.any() and stops[keep][-1] > t0:
         j = np.flatnonzero(keep)[-1]
         ve[-1] = pv[j] + (t0 - ps[j]) / (stops[j] - ps[j]) * (pe[j] - pv[j])
-    a_s, a_v, a_e = (np.asarray(x, dtype=float) for x in (advice.start, advice.value, advice.value_end))
-    take = a_s >= t0 - 1e-9
-    if not take.any() or abs(a_s[take][0] - t0) > 1e-6:
-        raise ValueError(f"the advice has no phase starting at {t0:g} h")
+    a_s, a_v, a_e = _cut_after(advice, t0)
+    if a_s.size == 0:
+        raise ValueError(f"the advice ends at {float(advice.end):g} h, not after {t0:g} h")
     import jax.numpy as jnp
 
-    return Profile(jnp.asarray(np.concatenate([s, a_s[take]])), jnp.asarray(float(advice.end)),
-                   jnp.asarray(np.concatenate([v, a_v[take]])), jnp.asarray(np.concatenate([ve, a_e[take]])))
+    return Profile(jnp.asarray(np.concatenate([s, a_s])), jnp.asarray(float(advice.end)),
+                   jnp.asarray(np.concatenate([v, a_v])), jnp.asarray(np.concatenate([ve, a_e])))
 
 
 def advised_plant_recipe(plan, adv, variables):

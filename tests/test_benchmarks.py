@@ -294,8 +294,15 @@ def test_advise_plant_splices_the_advice_after_its_start():
     got, p, a = (np.asarray(jax.vmap(x)(jnp.asarray(t))) for x in (s, plan, adv))
     np.testing.assert_allclose(got[t < 60], p[t < 60], rtol=0, atol=1e-12)
     np.testing.assert_allclose(got[t > 60], a[t > 60], rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="no phase starting at 61"):
-        bench.splice(plan, adv, 61.0)
+    # an advised phase that begins before the cut (twin advise merges a first phase that keeps
+    # the running value into the recorded one) is cut there; a linear one keeps its slope
+    ramp = Profile(f(0.0, 50.0), jnp.asarray(230.0), f(0.0, 60.0), f(0.0, 80.0))  # 60 -> 80 on 50-230 h
+    for cut, a2 in ((61.0, adv), (61.0, ramp), (140.0, ramp)):
+        got = np.asarray(jax.vmap(bench.splice(plan, a2, cut))(jnp.asarray(t)))
+        want = np.where(t < cut, p, np.asarray(jax.vmap(a2)(jnp.asarray(t))))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="ends at 230 h, not after 230 h"):
+        bench.splice(plan, adv, 230.0)
     base = default_recipe()
     fake = types.SimpleNamespace(start_h=120.0, recipe=base.with_profile("substrate_feed", adv))
     new = bench.advised_plant_recipe(base, fake, ["substrate_feed"])
