@@ -65,18 +65,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SCENARIO = ROOT / "scenarios/penicillin_indpensim.toml"
 
 
-def _cut_after(p, t0: float):
-    """(start, value, value_end) of the phases of profile `p` after `t0`, a phase that spans `t0`
-    cut there (a linear phase keeps its slope: its value at `t0` becomes its start value)."""
-    ps, pv, pe = (np.asarray(x, dtype=float) for x in (p.start, p.value, p.value_end))
-    stops = np.asarray(p.stops, dtype=float)
-    take = stops > t0 + 1e-9
-    s, v, ve = ps[take], pv[take].copy(), pe[take]
-    if take.any() and s[0] < t0:
-        j = np.flatnonzero(take)[0]
-        v[0] = pv[j] + (t0 - ps[j]) / (stops[j] - ps[j]) * (pe[j] - pv[j])
-        s = np.concatenate([[t0], s[1:]])
-    return s, v, ve
+def _phases(p):
+    """(start, value, value_end, stop) of every phase of profile `p`, as float arrays."""
+    return tuple(np.asarray(x, dtype=float) for x in (p.start, p.value, p.value_end, p.stops))
+
+
+def _value_at(phases, j: int, t: float) -> float:
+    """The value of phase `j` of `phases` (`_phases`) at time `t` inside it."""
+    s, v, ve, stop = phases
+    return v[j] + (t - s[j]) / (stop[j] - s[j]) * (ve[j] - v[j])
 
 
 def splice(plan, advice, t0: float):
@@ -86,16 +83,19 @@ def splice(plan, advice, t0: float):
     phase that keeps the value running at `t0` into the recorded phase before it."""
     from twin.recipe import Profile
 
-    ps, pv, pe = (np.asarray(x, dtype=float) for x in (plan.start, plan.value, plan.value_end))
-    stops = np.asarray(plan.stops, dtype=float)
-    keep = ps < t0 - 1e-9
-    s, v, ve = ps[keep], pv[keep], pe[keep].copy()
-    if keep.any() and stops[keep][-1] > t0:
-        j = np.flatnonzero(keep)[-1]
-        ve[-1] = pv[j] + (t0 - ps[j]) / (stops[j] - ps[j]) * (pe[j] - pv[j])
-    a_s, a_v, a_e = _cut_after(advice, t0)
-    if a_s.size == 0:
+    before = _phases(plan)
+    keep = before[0] < t0 - 1e-9
+    s, v, ve = before[0][keep], before[1][keep], before[2][keep].copy()
+    if keep.any() and before[3][keep][-1] > t0:
+        ve[-1] = _value_at(before, np.flatnonzero(keep)[-1], t0)
+    after = _phases(advice)
+    take = after[3] > t0 + 1e-9
+    if not take.any():
         raise ValueError(f"the advice ends at {float(advice.end):g} h, not after {t0:g} h")
+    a_s, a_v, a_e = after[0][take], after[1][take].copy(), after[2][take]
+    if a_s[0] < t0:
+        a_v[0] = _value_at(after, np.flatnonzero(take)[0], t0)
+        a_s = np.concatenate([[t0], a_s[1:]])
     import jax.numpy as jnp
 
     return Profile(jnp.asarray(np.concatenate([s, a_s])), jnp.asarray(float(advice.end)),
