@@ -42,6 +42,19 @@ average (min +0.16 %, every seed better), where the twin predicted +1.06 %. Peak
 96.39 m3, base at most 1.019 x the default's, sugar within 1.74 % and oil within 0.18 % of the
 default's totals on the plant. Advice 121 s per batch (median).
 
+Re-planned twice (2026-12-01: `python benchmarks/closed_loop.py --out D`, then `--recipe
+D/optimize/recipe.csv --posterior D/calibration/posterior.nc --replan-at 57,115`, 5731 s, the
+test suite running beside it for the first 35 min): open loop +3.66 %
+(min +2.07 %; twin +2.87 % [2.21, 3.87]); after the 57 h re-plan +4.04 % (+0.38 % over open loop,
+every seed better; twin +1.06 %); after the 115 h re-plan **+4.27 %** against the default (min
++2.53 %, 10 of 10, none refused). The 115 h re-plan itself gained +0.22 % over the 57 h batch on
+average (twin +0.45 %), but on 6 of 10 seeds only: it lost up to -0.31 % on seeds 100, 101, 103
+and 104 although each paired 90 % interval lay above 0 (seed 101: +10.8 kg [+7.8, +13.6]): late
+in the batch the twin's gains are as small as its error in the response to a change, which the
+paired interval leaves out. Peak volume at most 96.62 m3, base at most 1.021 x the default's,
+sugar within 1.77 % and oil within 0.19 % of the default's totals. Advice 222-233 s per batch
+(median per stage; 115 s for the first: the process grew to 8 GB over the run, not looked into).
+
 Targets (issue 5): mean gain >= +5 %, no seed worse than -1 %, volume never above 100 m3, base at
 most 10 % above the default's, equal sugar and oil. Ends with `name: value` headline lines.
 """
