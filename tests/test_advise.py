@@ -311,6 +311,7 @@ def test_twin_advise_writes_recipe_json_and_png(post, posterior_file, scenario_f
     g = doc["expected_gain"]
     assert g["total_product_kg"]["q05"] <= g["total_product_kg"]["mean"] <= g["total_product_kg"]["q95"]
     assert 0.0 <= g["prob_better"] <= 1.0 and g["check_particles"] == 20
+    assert "response to the change" in g["leaves_out"] and "leaves out" in res.output
     assert doc["now_h"] == 80.0 and doc["replan_from_h"] == 80.0
     m = doc["material_L"]["substrate_feed"]
     assert abs(m["advised_remaining"] - m["remaining_budget"]) <= 0.5 * 0.5 * 30.0 + 1e-9
