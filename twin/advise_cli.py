@@ -166,8 +166,6 @@ def advise_command(
 
 
 def _print(adv, doc: dict, out: Path) -> None:
-    from .advise import GAIN_INTERVAL_LEAVES_OUT
-
     gk, gp = adv.gain_kg, adv.gain_pct
     t = Table(title=f"Batch {adv.batch}: advice at {adv.now_h:g} h, re-planned {adv.start_h:g}-"
                     f"{adv.end_h:g} h ({adv.conditioning['method']}, ESS "
@@ -192,7 +190,7 @@ def _print(adv, doc: dict, out: Path) -> None:
     _console.print(t)
     for n in doc["notes"]:
         _console.print(f"note: {n}")
-    _console.print(f"note: the gain's interval leaves out {GAIN_INTERVAL_LEAVES_OUT}")
+    _console.print(f"note: the gain's interval leaves out {doc['expected_gain']['leaves_out']}")
     _console.print(f"wrote {out / 'recipe.csv'}, {out / 'advice.json'} and {out / 'advice.png'}")
 
 
