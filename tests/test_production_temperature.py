@@ -14,6 +14,7 @@ from twin import kinetics as kin
 from twin.errors import ParameterError, ScenarioError
 from twin.kinetics.base import Broth
 from twin.reactor import parameter_table
+from twin.recipe import Profile
 from twin.scenario import load_scenario
 from twin.simulate import simulate
 
@@ -21,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 IPS = ROOT / "scenarios/penicillin_indpensim.toml"
 
 
-def _kin(carbon, production_temperature=None, alpha=0.0):
+def _kin(carbon, production_temperature=None, alpha=0.0, K_qC=0.14):
     return kin.CultureKinetics(
         growth=kin.ContoisGrowth(mu_max=0.1, K_X=0.01),
-        production=kin.LuedekingPiret(beta_max=0.01, K_P=0.001, K_IP=0.5, alpha=alpha, K_qC=0.14, n_qC=8.0),
+        production=kin.LuedekingPiret(beta_max=0.01, K_P=0.001, K_IP=0.5, alpha=alpha, K_qC=K_qC, n_qC=8.0),
         hydrolysis=kin.ProductHydrolysis(k_h=0.002),
         temperature=kin.CardinalTemperature(T_min=5.0, T_opt=25.0, T_max=35.0),
         ph=kin.CardinalPH(pH_min=3.0, pH_opt=6.5, pH_max=9.0),
@@ -169,3 +170,58 @@ def test_batch_with_cooler_production_optimum(tmp_path):
     rhs = cool.y0.product + L.product_formed - L.product_hydrolysed - L.product_drawn
     np.testing.assert_allclose(np.asarray(r2.states.product), np.asarray(rhs), rtol=0,
                                atol=1e-9 * float(L.product_formed[-1]))
+
+
+@pytest.mark.parametrize("carbon", CARBON, ids=["pirt", "uptake_limited"])
+def test_temperature_independent_production(carbon):
+    """`TemperatureIndependent`: without carbon-flux repression (whose q_C follows growth), q_P is
+    the same at 20, 25 and 29 degC (rtol 1e-12) at the same broth (Pirt carbon, alpha 0), while
+    growth still follows the cardinal curve (slower at 20 degC); with repression, production at
+    20 degC is faster than under the shared curve; at the growth optimum it gives exactly the rates
+    of the shared curve."""
+    flat = kin.TemperatureIndependent()
+    np.testing.assert_array_equal(np.asarray(jax.vmap(flat)(jnp.linspace(0.0, 40.0, 9))), np.ones(9))
+    k, shared = _kin(carbon, flat), _kin(carbon)
+    if isinstance(carbon, kin.PirtCarbon):  # q_P does not depend on mu unless alpha > 0
+        free = _kin(carbon, flat, K_qC=1e6)
+        q = [float(free.rates(_broth(T)).production) for T in (20.0, 25.0, 29.0)]
+        np.testing.assert_allclose(q, q[0], rtol=1e-12)
+    assert float(k.rates(_broth(20.0)).growth) < float(k.rates(_broth(25.0)).growth)
+    assert float(k.rates(_broth(20.0)).production) > float(shared.rates(_broth(20.0)).production)
+    a, b = shared.rates(_broth(25.0)), k.rates(_broth(25.0))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12)
+
+
+def test_scenario_production_temperature_none(tmp_path):
+    """`[model] production_temperature = "none"` builds `TemperatureIndependent` (no parameters);
+    its structure differs from the shared curve's (a posterior of one is refused by the other);
+    T_*_P keys are then unknown; anything but shared / cardinal / none / true / false is refused by
+    name; a whole batch cooled to 21 degC from 100 h makes more product than under the shared curve."""
+    from calibration.model import structure_hash
+
+    p = tmp_path / "s.toml"
+    none = _scenario_text(keys="").replace("production_temperature = true", 'production_temperature = "none"')
+    p.write_text(none)
+    sc = load_scenario(p)
+    assert isinstance(sc.model.kinetics.production_temperature, kin.TemperatureIndependent)
+    base = load_scenario(IPS)
+    assert structure_hash(sc.model) != structure_hash(base.model)
+    assert not any(k.endswith("_P") and "T_" in k for k in parameter_table(sc.model))
+    p.write_text(_scenario_text().replace("production_temperature = true", 'production_temperature = "none"'))
+    with pytest.raises(ScenarioError, match="kinetics.T_m.._P|kinetics.T_opt_P"):
+        load_scenario(p)
+    for bad in ('"flat"', "1", '["none"]'):
+        p.write_text(_scenario_text(keys="").replace("production_temperature = true", f"production_temperature = {bad}"))
+        with pytest.raises(ScenarioError, match="model.production_temperature") as e:
+            load_scenario(p)
+        assert "none" in str(e.value) and "cardinal" in str(e.value)
+    p.write_text(_scenario_text(keys="").replace("production_temperature = true", 'production_temperature = "shared"'))
+    assert structure_hash(load_scenario(p).model) == structure_hash(base.model)
+    p.write_text(none)
+    cool = lambda sc: sc.recipe.with_profile("temperature", Profile(
+        jnp.array([0.0, 100.0]), jnp.asarray(230.0), jnp.array([24.85, 21.0]), jnp.array([24.85, 21.0])))
+    ts = jnp.arange(0.0, 231.0, 1.0)
+    run = lambda s: simulate(s.model, cool(s), s.y0, 0.0, 230.0, ts=ts)
+    r_none, r_shared = run(sc), run(base)
+    assert float(r_none.total_product[-1]) > 1.02 * float(r_shared.total_product[-1])

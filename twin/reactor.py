@@ -471,7 +471,7 @@ def check_parameters(model: FermentationModel, *, where=None) -> None:
         raise ParameterError("cardinal temperatures must satisfy T_min < T_opt < T_max", where=where,
                              field="kinetics.T_opt", value=(float(t.T_min), float(t.T_opt), float(t.T_max)))
     tp = getattr(k, "production_temperature", None)
-    if tp is not None and not (float(tp.T_min_P) < float(tp.T_opt_P) < float(tp.T_max_P)):
+    if hasattr(tp, "T_opt_P") and not (float(tp.T_min_P) < float(tp.T_opt_P) < float(tp.T_max_P)):
         raise ParameterError("cardinal temperatures of production must satisfy T_min_P < T_opt_P < T_max_P",
                              where=where, field="kinetics.T_opt_P",
                              value=(float(tp.T_min_P), float(tp.T_opt_P), float(tp.T_max_P)))

@@ -49,6 +49,8 @@ __all__ = ["Scenario", "load_scenario", "parse_overrides", "build_model"]
 _GROWTH = {"monod": kin.MonodGrowth, "contois": kin.ContoisGrowth}
 _OXYGEN = {"quasi_steady": QuasiSteadyOxygen, "dynamic": DynamicOxygen}
 _CARBON = {"pirt": kin.PirtCarbon, "uptake_limited": kin.UptakeLimitedCarbon}
+# production's temperature factor: the growth curve ("shared"), a cardinal curve of its own, or none
+_PRODUCTION_TEMPERATURE = {"shared": None, "cardinal": kin.ProductionTemperature, "none": kin.TemperatureIndependent}
 
 _SCHEMA: dict[str, set[str]] = {
     "scenario": {"name", "title", "description", "duration_h", "output_every_h"},
@@ -152,9 +154,15 @@ def build_model(raw: dict, where=None) -> FermentationModel:
     if carbon_name not in _CARBON:
         raise ScenarioError(f"must be one of {sorted(_CARBON)}", where=where, field="model.carbon",
                             value=carbon_name)
-    for flag in ("oil", "precursor", "co2", "production_temperature"):
+    for flag in ("oil", "precursor", "co2"):
         if not isinstance(m.get(flag, False), bool):
             raise ScenarioError("must be true or false", where=where, field=f"model.{flag}", value=m.get(flag))
+    p_temp = m.get("production_temperature", "shared")
+    p_temp = {True: "cardinal", False: "shared"}.get(p_temp, p_temp) if isinstance(p_temp, bool) else p_temp
+    if not isinstance(p_temp, str) or p_temp not in _PRODUCTION_TEMPERATURE:
+        raise ScenarioError(f"must be one of {sorted(_PRODUCTION_TEMPERATURE)} (or true / false for "
+                            "cardinal / shared)", where=where, field="model.production_temperature",
+                            value=m.get("production_temperature"))
     impellers = m.get("impellers", 1)
     if not isinstance(impellers, int) or isinstance(impellers, bool) or not 1 <= impellers <= 10:
         raise ScenarioError("must be a whole number from 1 to 10", where=where, field="model.impellers",
@@ -171,8 +179,8 @@ def build_model(raw: dict, where=None) -> FermentationModel:
         families["precursor"] = kin.PrecursorUptake
     if m.get("co2", False):
         families["co2"] = kin.CarbonDioxide
-    if m.get("production_temperature", False):
-        families["production_temperature"] = kin.ProductionTemperature
+    if p_temp != "shared":
+        families["production_temperature"] = _PRODUCTION_TEMPERATURE[p_temp]
     parts = {k: _build(cls, kt, "kinetics", where, used) for k, cls in families.items()}
     unknown = sorted(set(kt) - used)
     if unknown:
@@ -182,7 +190,7 @@ def build_model(raw: dict, where=None) -> FermentationModel:
                                 kin.ContoisGrowth, kin.ProductionTemperature) for n in _fields(cls)}
         if set(unknown) & others:
             hint += (" (oil, precursor, CO2 and production-temperature parameters need model.oil / "
-                     "model.precursor / model.co2 / model.production_temperature = true)")
+                     "model.precursor / model.co2 / model.production_temperature = \"cardinal\")")
         raise ScenarioError("unknown key", where=where, field=f"kinetics.{unknown[0]}", hint=hint)
     kinetics = kin.CultureKinetics(**parts, carbon=_CARBON[carbon_name]())
     vused: set[str] = set()

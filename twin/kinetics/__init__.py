@@ -2,7 +2,7 @@
 
 from .base import AbstractGrowth, AbstractKinetics, AbstractProduction, Broth, Rates, parameter
 from .co2 import CarbonDioxide
-from .cardinal import CardinalPH, CardinalTemperature, ProductionTemperature
+from .cardinal import CardinalPH, CardinalTemperature, ProductionTemperature, TemperatureIndependent
 from .culture import AbstractCarbonBalance, CultureKinetics, PirtCarbon, UptakeLimitedCarbon
 from .growth import ContoisGrowth, MonodGrowth
 from .oxygen import OxygenDemand, OxygenLimitation
@@ -14,5 +14,5 @@ __all__ = [
     "CardinalPH", "CardinalTemperature", "CarbonDioxide", "CultureKinetics", "AbstractCarbonBalance", "PirtCarbon",
     "UptakeLimitedCarbon", "ContoisGrowth", "MonodGrowth",
     "OxygenDemand", "OxygenLimitation", "LuedekingPiret", "ProductHydrolysis", "OilUptake",
-    "PrecursorUptake", "SugarUptake", "ProductionTemperature",
+    "PrecursorUptake", "SugarUptake", "ProductionTemperature", "TemperatureIndependent",
 ]

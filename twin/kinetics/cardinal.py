@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, Float
 from .base import parameter
 
-__all__ = ["CardinalTemperature", "ProductionTemperature", "CardinalPH"]
+__all__ = ["CardinalTemperature", "ProductionTemperature", "TemperatureIndependent", "CardinalPH"]
 
 
 class CardinalTemperature(eqx.Module):
@@ -51,6 +51,23 @@ class ProductionTemperature(eqx.Module):
 
     def __call__(self, T: Float[Array, ""]) -> Float[Array, ""]:
         return _ctmi(T, self.T_min_P, self.T_opt_P, self.T_max_P)
+
+
+class TemperatureIndependent(eqx.Module):
+    r"""No temperature factor for product formation: $f_{T,P}(T) = 1$.
+
+    The limit of `ProductionTemperature` with its cardinal limits far apart: the specific
+    production rate does not depend on temperature, while growth keeps its cardinal curve and
+    hydrolysis its Arrhenius law (`ProductHydrolysis.E_h`). The classic penicillin models write it
+    so: Bajpai & Reuss (1980, J Chem Technol Biotechnol 30:332) and Birol, Undey & Cinar (2002,
+    Comput Chem Eng 26:1553) put temperature in growth (and death) only; in 200 L penicillin
+    batches incubation at 20-29 degC did not change the yield (J Bacteriol (1946) 52:119). A
+    structural assumption with no parameter to calibrate: choose it in the scenario
+    (`[model] production_temperature = "none"`) and judge it by what its recipes do.
+    """
+
+    def __call__(self, T: Float[Array, ""]) -> Float[Array, ""]:
+        return jnp.ones_like(T)
 
 
 def _ctmi(T, T_min, T_opt, T_max):

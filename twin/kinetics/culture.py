@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .base import AbstractGrowth, AbstractKinetics, Broth, Rates
-from .cardinal import CardinalPH, CardinalTemperature, ProductionTemperature
+from .cardinal import CardinalPH, CardinalTemperature, ProductionTemperature, TemperatureIndependent
 from .co2 import CarbonDioxide
 from .oxygen import OxygenDemand, OxygenLimitation
 from .production import LuedekingPiret, ProductHydrolysis
@@ -85,7 +85,8 @@ class CultureKinetics(AbstractKinetics):
     $$q_S = \mu_S f / Y_{XS} + q_P / Y_{PS} + m_S S/(K_m + S)$$
     $$q_{O_2} = \mu / Y_{XO} + q_P / Y_{PO} + m_O f_O$$
     where $f = f_T f_{pH} f_O g_{tox} f_{CO_2}$, and $f_{T,P}$ is production's own temperature
-    factor (`production_temperature`) or, without one, the growth curve $f_T$. Hydrolysis is
+    factor (`production_temperature`: its own cardinal curve, or 1 with `TemperatureIndependent`)
+    or, without one, the growth curve $f_T$. Hydrolysis is
     first order in product, its rate constant Arrhenius in temperature (`ProductHydrolysis`).
 
     Args:
@@ -93,7 +94,8 @@ class CultureKinetics(AbstractKinetics):
         production: product formation law.
         hydrolysis: product degradation.
         temperature, ph: cardinal factors.
-        production_temperature: a temperature factor of product formation's own, or `None` when
+        production_temperature: a temperature factor of product formation's own
+            (`ProductionTemperature`, or `TemperatureIndependent` for none), or `None` when
             production follows `temperature` as growth does.
         oxygen: Monod limitation by dissolved oxygen.
         respiration: oxygen demand.
@@ -116,7 +118,7 @@ class CultureKinetics(AbstractKinetics):
     precursor: PrecursorUptake | None = None
     carbon: AbstractCarbonBalance = PirtCarbon()
     co2: CarbonDioxide | None = None
-    production_temperature: ProductionTemperature | None = None
+    production_temperature: ProductionTemperature | TemperatureIndependent | None = None
 
     def oxygen_factor(self, dissolved_oxygen):
         return self.oxygen(jnp.maximum(dissolved_oxygen, 0.0))
