@@ -224,6 +224,7 @@ def test_pilot_temperature_designs_and_strain(tmp_path):
     """The pilot benchmark's batches: the default recipe with only the temperature set-point moved
     from the stated hour; its strain file is the shipped one plus a T_opt prior (and loads)."""
     from calibration.spec import load_strain
+    from twin import kinetics as kin
     from twin.plants import default_recipe
     from twin.recipe import sample
     from twin.state import CONTROL_VARIABLES
@@ -242,20 +243,25 @@ def test_pilot_temperature_designs_and_strain(tmp_path):
     from twin.plants.history import _describe
 
     assert _describe({"description": "pilot trial: x"}) == "pilot trial: x"  # what batches.csv notes say
-    spec = load_strain(bench.strain_with_t_opt(tmp_path))
     shipped = load_strain(bench.STRAIN)
+    none = bench.scenario_with_law(tmp_path, "none")  # as shipped: production has no temperature factor
+    spec = load_strain(bench.strain_with_t_opt(tmp_path, none))
     assert [p.key for p in spec.priors] == [p.key for p in shipped.priors][:7] + ["T_opt"] + [
         p.key for p in shipped.priors][7:]
-    # --law production: the shipped scenario plus production's own curve (equal to the growth
-    # curve, so the default batch is unchanged), and T_opt_P calibrated beside T_opt
-    scenario = bench.scenario_with_production_curve(tmp_path)
-    spec = load_strain(bench.strain_with_t_opt(tmp_path, scenario))
+    assert isinstance(spec.scenario.model.kinetics.production_temperature, kin.TemperatureIndependent)
+    assert spec.scenario.recipe == shipped.scenario.recipe
+    shared = load_strain(bench.strain_with_t_opt(tmp_path, bench.scenario_with_law(tmp_path, "shared")))
+    assert shared.scenario.model.kinetics.production_temperature is None
+    # --law production: production's own curve (equal to the growth curve to start), and T_opt_P
+    # calibrated beside T_opt
+    scenario = bench.scenario_with_law(tmp_path, "cardinal")
+    spec = load_strain(bench.strain_with_t_opt(tmp_path, scenario, own_curve=True))
     assert [p.key for p in spec.priors] == [p.key for p in shipped.priors][:7] + ["T_opt", "T_opt_P"] + [
         p.key for p in shipped.priors][7:]
     pt = spec.scenario.model.kinetics.production_temperature
     assert (float(pt.T_min_P), float(pt.T_opt_P), float(pt.T_max_P)) == (5.0, 25.0, 35.0)
-    assert spec.scenario.recipe == load_strain(bench.STRAIN).scenario.recipe
-    spec = load_strain(bench.strain_with_t_opt(tmp_path, scenario, free_limits=True))
+    assert spec.scenario.recipe == shipped.scenario.recipe
+    spec = load_strain(bench.strain_with_t_opt(tmp_path, scenario, own_curve=True, free_limits=True))
     assert [p.key for p in spec.priors][7:11] == ["T_opt", "T_opt_P", "T_min_P", "T_max_P"]
 
 

@@ -120,11 +120,14 @@ def test_gradient_in_T_opt_P_matches_finite_difference():
     np.testing.assert_allclose(g, fd, rtol=1e-6)
 
 
-def _scenario_text(enable=True, keys='T_min_P = "5 degC"\nT_opt_P = "22 degC"\nT_max_P = "35 degC"\n'):
+def _scenario_text(law="true", keys='T_min_P = "5 degC"\nT_opt_P = "22 degC"\nT_max_P = "35 degC"\n'):
+    """The shipped IndPenSim scenario (production law "none") with `[model] production_temperature =
+    law` (a TOML value) and `keys` after T_max; paths made absolute."""
     text = IPS.read_text().replace('[recipe]\nfile = "../twin/', '[recipe]\nfile = "' + str(ROOT / "twin") + '/')
     text = text.replace('ph_loop_history = "../calibration/', 'ph_loop_history = "' + str(ROOT / "calibration") + '/')
-    if enable:
-        text = text.replace("impellers = 3\n", "impellers = 3\nproduction_temperature = true\n", 1)
+    shipped = 'production_temperature = "none"\n'
+    assert text.count(shipped) == 1
+    text = text.replace(shipped, f"production_temperature = {law}\n")
     return text.replace('T_max = "35 degC"\n', 'T_max = "35 degC"\n' + keys, 1)
 
 
@@ -138,8 +141,8 @@ def test_scenario_switch_and_parameter_names(tmp_path):
     assert isinstance(pt, kin.ProductionTemperature) and float(pt.T_opt_P) == 22.0
     table = parameter_table(sc.model)
     assert table["kinetics.T_opt_P"].unit == "degC" and table["kinetics.T_opt"].value == 25.0
-    assert load_scenario(IPS).model.kinetics.production_temperature is None
-    p.write_text(_scenario_text(enable=False))
+    assert isinstance(load_scenario(IPS).model.kinetics.production_temperature, kin.TemperatureIndependent)
+    p.write_text(_scenario_text(law='"shared"'))
     with pytest.raises(ScenarioError, match="kinetics.T_m.._P|kinetics.T_opt_P") as e:
         load_scenario(p)
     assert "model.production_temperature" in str(e.value)
@@ -155,7 +158,9 @@ def test_batch_with_cooler_production_optimum(tmp_path):
     """A whole IndPenSim-scale batch: the same curve for production changes nothing (rtol 1e-9);
     an optimum of 22 degC for production, with the set-point at 24.85 degC, makes less product,
     and the product ledger closes (formed - hydrolysed - drawn, rtol 1e-9 of what was formed)."""
-    base = load_scenario(IPS)
+    p = tmp_path / "shared.toml"
+    p.write_text(_scenario_text(law='"shared"', keys=""))
+    base = load_scenario(p)
     p = tmp_path / "same.toml"
     p.write_text(_scenario_text(keys='T_min_P = "5 degC"\nT_opt_P = "25 degC"\nT_max_P = "35 degC"\n'))
     same = load_scenario(p)
@@ -201,22 +206,25 @@ def test_scenario_production_temperature_none(tmp_path):
     from calibration.model import structure_hash
 
     p = tmp_path / "s.toml"
-    none = _scenario_text(keys="").replace("production_temperature = true", 'production_temperature = "none"')
+    none = _scenario_text(law='"none"', keys="")
     p.write_text(none)
     sc = load_scenario(p)
     assert isinstance(sc.model.kinetics.production_temperature, kin.TemperatureIndependent)
-    base = load_scenario(IPS)
+    assert structure_hash(sc.model) == structure_hash(load_scenario(IPS).model)  # the shipped law
+    p.write_text(_scenario_text(law="false", keys=""))
+    base = load_scenario(p)
+    assert base.model.kinetics.production_temperature is None
     assert structure_hash(sc.model) != structure_hash(base.model)
     assert not any(k.endswith("_P") and "T_" in k for k in parameter_table(sc.model))
-    p.write_text(_scenario_text().replace("production_temperature = true", 'production_temperature = "none"'))
+    p.write_text(_scenario_text(law='"none"'))
     with pytest.raises(ScenarioError, match="kinetics.T_m.._P|kinetics.T_opt_P"):
         load_scenario(p)
     for bad in ('"flat"', "1", '["none"]'):
-        p.write_text(_scenario_text(keys="").replace("production_temperature = true", f"production_temperature = {bad}"))
+        p.write_text(_scenario_text(law=bad, keys=""))
         with pytest.raises(ScenarioError, match="model.production_temperature") as e:
             load_scenario(p)
         assert "none" in str(e.value) and "cardinal" in str(e.value)
-    p.write_text(_scenario_text(keys="").replace("production_temperature = true", 'production_temperature = "shared"'))
+    p.write_text(_scenario_text(law='"shared"', keys=""))
     assert structure_hash(load_scenario(p).model) == structure_hash(base.model)
     p.write_text(none)
     cool = lambda sc: sc.recipe.with_profile("temperature", Profile(
