@@ -64,6 +64,13 @@ With production free of the temperature factor (scenario `[model] production_tem
 96.58 m3, base at most 1.020 x the default's, sugar within 2.06 % (the plant's feed concentration
 drifts; equal volumes fed) and oil within 0.12 %. Calibration 133 s, optimisation 235 s, plant
 297 s.
+Re-planned at 57 h and 115 h on that recipe (`--recipe D/optimize/recipe.csv --posterior P
+--scenario S --replan-at 57,115`, the test suite and other runs beside it): against the default
++4.97 % after the 57 h re-plan, +5.26 % after both (min +3.31 %, 10 of 10); against the open-loop recipe +0.06 % on average (min -1.14 %) where the
+twin predicted +1.95 %. The 57 h advice gained -36 to +10 kg per seed, the 115 h advice lost on 4
+of 10 seeds (down to -28 kg) and gained up to +51 kg: with the open loop this close to what the
+plant offers, re-planning gains nothing the twin can see beyond its response error. Peak volume
+at most 96.95 m3, base at most 1.042 x the default's, none refused; advice 391 s per batch (median).
 
 Targets (issue 5): mean gain >= +5 %, no seed worse than -1 %, volume never above 100 m3, base at
 most 10 % above the default's, equal sugar and oil. Ends with `name: value` headline lines.

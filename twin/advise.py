@@ -48,7 +48,9 @@ ends, not on the difference a change makes, and the gain is the paired differenc
 The twin's error in its response to the change is therefore not in the gain's interval, and on
 plant batches it is not small: re-planned at 115 h after 57 h (benchmarks/closed_loop.py
 --replan-at 57,115), 4 of 10 held-out batches lost up to 0.3 % where the twin said +0.3 to +0.6 %
-with intervals above 0. `advice.json` (`expected_gain.leaves_out`) and the command say so.
+with intervals above 0; with production free of the temperature factor (the IndPenSim scenario
+since 2026-12-01) again 4 of 10, up to 0.8 %, where the twin said +0.2 to +0.8 %.
+`advice.json` (`expected_gain.leaves_out`) and the command say so.
 
 Reference: J. B. Rawlings, D. Q. Mayne, M. M. Diehl (2017) Model Predictive Control: Theory,
 Computation, and Design, 2nd ed., ch. 1-2 (receding and shrinking horizons); J. H. Lee (2011)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from ._custom_types import Array, Float
 from .errors import ParameterError
-from .kinetics import AbstractKinetics, Broth, Rates, parameter
+from .kinetics import AbstractKinetics, Broth, ProductionTemperature, Rates, parameter
 from .recipe import Recipe
 from .state import Controls, Ledger, ReactorState
 
@@ -471,7 +471,7 @@ def check_parameters(model: FermentationModel, *, where=None) -> None:
         raise ParameterError("cardinal temperatures must satisfy T_min < T_opt < T_max", where=where,
                              field="kinetics.T_opt", value=(float(t.T_min), float(t.T_opt), float(t.T_max)))
     tp = getattr(k, "production_temperature", None)
-    if hasattr(tp, "T_opt_P") and not (float(tp.T_min_P) < float(tp.T_opt_P) < float(tp.T_max_P)):
+    if isinstance(tp, ProductionTemperature) and not (float(tp.T_min_P) < float(tp.T_opt_P) < float(tp.T_max_P)):
         raise ParameterError("cardinal temperatures of production must satisfy T_min_P < T_opt_P < T_max_P",
                              where=where, field="kinetics.T_opt_P",
                              value=(float(tp.T_min_P), float(tp.T_opt_P), float(tp.T_max_P)))

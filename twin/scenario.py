@@ -158,7 +158,8 @@ def build_model(raw: dict, where=None) -> FermentationModel:
         if not isinstance(m.get(flag, False), bool):
             raise ScenarioError("must be true or false", where=where, field=f"model.{flag}", value=m.get(flag))
     p_temp = m.get("production_temperature", "shared")
-    p_temp = {True: "cardinal", False: "shared"}.get(p_temp, p_temp) if isinstance(p_temp, bool) else p_temp
+    if isinstance(p_temp, bool):  # the switch's older spelling
+        p_temp = "cardinal" if p_temp else "shared"
     if not isinstance(p_temp, str) or p_temp not in _PRODUCTION_TEMPERATURE:
         raise ScenarioError(f"must be one of {sorted(_PRODUCTION_TEMPERATURE)} (or true / false for "
                             "cardinal / shared)", where=where, field="model.production_temperature",
@@ -179,7 +180,7 @@ def build_model(raw: dict, where=None) -> FermentationModel:
         families["precursor"] = kin.PrecursorUptake
     if m.get("co2", False):
         families["co2"] = kin.CarbonDioxide
-    if p_temp != "shared":
+    if _PRODUCTION_TEMPERATURE[p_temp] is not None:
         families["production_temperature"] = _PRODUCTION_TEMPERATURE[p_temp]
     parts = {k: _build(cls, kt, "kinetics", where, used) for k, cls in families.items()}
     unknown = sorted(set(kt) - used)
