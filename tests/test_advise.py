@@ -137,6 +137,31 @@ def test_gain_is_not_negative_and_paired(advice):
         assert c["advised"]["fraction_violating"] == 0.0, (name, c)
 
 
+def test_recommendation_needs_a_gain_above_zero_and_above_the_response_error():
+    """Run the advice only if its expected gain is above 0 and above optimize.replan_min_gain_pct;
+    at or below either: continue as planned, and the reason names the threshold."""
+    from twin.advise import AdviseError, recommendation
+
+    assert recommendation(0.8, 0.0)[0] and recommendation(0.8, 0.5)[0]
+    held, why = recommendation(0.5, 0.5)
+    assert not held and "replan_min_gain_pct (0.5 %)" in why and "continue as planned" in why
+    held, why = recommendation(-0.1, 0.0)
+    assert not held and "does not beat continuing as planned" in why
+    assert not recommendation(0.0, 0.0)[0]
+    with pytest.raises(AdviseError, match="not a number"):
+        recommendation(float("nan"), 0.0)
+
+
+def test_the_advice_is_recommended_as_its_gain_says(advice):
+    """The advice of the module's batch: recommended exactly when its mean gain (%) is above 0 and
+    the scenario's replan_min_gain_pct (0 by default), and advice.json says so."""
+    want = advice.gain_pct["mean"] > max(0.0, advice.spec.replan_min_gain_pct)
+    assert advice.recommended == want
+    assert advice.to_dict()["recommendation"] == {"apply_advice": want, "why": advice.recommendation,
+                                                  "replan_min_gain_pct": advice.spec.replan_min_gain_pct}
+    assert (advice.recommendation in advice.notes) == (not want)
+
+
 def test_continue_as_planned_is_the_conditioned_forecast(advice):
     """The paired check's plan simulation on each resampled particle reproduces the total product
     `twin.forecast.condition` computed for that particle (same parameters, initial state and
@@ -261,6 +286,7 @@ def _long(tmp_path, rows, strain):
     ("end", "field 'at': nothing left to re-plan: the batch ends at 170 h"),
     ("set", "--set: field 'kinetics.mu_max': advise re-plans with the posterior's model"),
     ("model", "field '[model]': the scenario's model structure differs"),
+    ("min_gain", "field 'optimize.replan_min_gain_pct': must be >= 0 (% of the plan's total product) (got -0.5)"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(posterior_file, scenario_file, tmp_path,  # noqa: F811
                                                           case, message):
@@ -278,12 +304,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(posterior_file, scenar
             str(scenario), "--at", at, "--out", str(out)]
     if case == "set":
         args += ["--set", "kinetics.mu_max=0.2"]
+    if case == "min_gain":
+        args += ["--set", "optimize.replan_min_gain_pct=-0.5"]
     res = CliRunner().invoke(_cli(), args)
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split()), res.output
     assert "Traceback" not in res.output
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
+def doc_rec(out):
+    r = json.loads((out / "advice.json").read_text())["recommendation"]
+    return {k: r[k] for k in ("apply_advice", "replan_min_gain_pct")}
 
 
 @pytest.mark.slow
@@ -304,8 +337,11 @@ def test_twin_advise_writes_recipe_json_and_png(post, posterior_file, scenario_f
         "advise", "--posterior", str(posterior_file), "--batch", str(tmp_path / "running.csv"),
         "--scenario", str(scenario_file), "--at", "80", "--out", str(out), "--recipe",
         str(tmp_path / "plan.csv"), "--draws", str(N_DRAWS), "--strain", post.spec.name,
-        "--set", "optimize.check_draws=20"])
+        "--set", "optimize.check_draws=20", "--set", "optimize.replan_min_gain_pct=50"])
     assert res.exit_code == 0, res.output
+    # no re-plan gains 50 %: the advice is written for reference, and the command says to continue
+    assert doc_rec(out) == {"apply_advice": False, "replan_min_gain_pct": 50.0}
+    assert "recommendation: continue as planned" in " ".join(res.output.split())
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
     doc = json.loads((out / "advice.json").read_text())
     g = doc["expected_gain"]
@@ -318,7 +354,7 @@ def test_twin_advise_writes_recipe_json_and_png(post, posterior_file, scenario_f
     assert m["used_before_replan"] == pytest.approx(50.0 * 50.0, abs=1e-6)  # 30-80 h at 50 L/h
     assert set(doc["constraints_from_replan_h"]["min_dissolved_oxygen_pct"]) == {"limit", "advised", "plan"}
     assert doc["inputs"]["posterior"] == str(posterior_file)
-    assert doc["inputs"]["overrides"] == ["optimize.check_draws=20"]
+    assert doc["inputs"]["overrides"] == ["optimize.check_draws=20", "optimize.replan_min_gain_pct=50"]
     sc = load_scenario(scenario_file)
     recipe = read_recipe_csv(out / "recipe.csv", defaults=sc.control_defaults, span=(0.0, 170.0))
     mids = np.arange(0.0, AT) + 0.5

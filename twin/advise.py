@@ -37,6 +37,11 @@ batch's *own* conditional posterior:
    (`AdviseError`), as is advice that breaks a limit the plan already breaks further than the
    plan does (by more than `WORSE_THAN_PLAN_TOLERANCE` of the limit).
 
+5. **Recommend** (`recommendation`): run the advice only if its expected gain is above 0 and
+   above `optimize.replan_min_gain_pct` (% of the plan's total product), the size of the twin's
+   error in its response to a change, measured on plant batches (see below); otherwise continue
+   as planned. `advice.json` (`recommendation`), the command and the figure say which.
+
 The flows the plant's own controllers decide (precursor, acid and base for pH) continue in the
 simulation as in `twin forecast` (recent level, or `future_flows`); the recipe handed back
 (`Advice.recipe`) leaves them out: before $t_0$ it is what the historian recorded (acid and base
@@ -103,6 +108,7 @@ __all__ = [
     "check_scenario",
     "conditioned_draws",
     "plot_advice",
+    "recommendation",
     "replan_start",
 ]
 
@@ -248,6 +254,8 @@ class Advice:
         plan_phases: `{variable: (phases,)}` the plan's mean over each phase.
         gain_kg, gain_pct: `_summary` of the paired gain in total product (advised - plan).
         prob_better: fraction of check particles on which the advice ends higher.
+        recommended, recommendation: whether to run the advice and why (`recommendation`): its
+            expected gain must exceed 0 and `optimize.replan_min_gain_pct`.
         total_product_kg, final_titer_g_L: `{"advised": summary, "plan": summary}`.
         material_L: per budgeted variable, the material used so far, the remaining budget and
             the advised remainder (L).
@@ -278,6 +286,8 @@ class Advice:
     gain_kg: dict
     gain_pct: dict
     prob_better: float
+    recommended: bool
+    recommendation: str
     total_product_kg: dict
     final_titer_g_L: dict
     material_L: dict
@@ -315,6 +325,8 @@ class Advice:
                               "total product = in the vessel at the end + drawn off",
                 "leaves_out": GAIN_INTERVAL_LEAVES_OUT,
             },
+            "recommendation": {"apply_advice": self.recommended, "why": self.recommendation,
+                               "replan_min_gain_pct": self.spec.replan_min_gain_pct},
             "total_product_kg": self.total_product_kg, "final_titer_g_L": self.final_titer_g_L,
             "intervals": "mean, median, 50 % interval q25-q75, 90 % interval q05-q95",
             "material_L": self.material_L,
@@ -323,6 +335,23 @@ class Advice:
             "conditioning": self.conditioning, "optimiser": self.optimiser,
             "notes": list(self.notes), "wall_s": self.wall_s,
         }
+
+
+def recommendation(gain_pct: float, min_gain_pct: float) -> tuple[bool, str]:
+    """Whether to run the advice, and why: its expected gain (`gain_pct`, the mean over the check
+    particles, % of the plan's total product) must be above 0 and above `min_gain_pct`
+    (`optimize.replan_min_gain_pct`: the twin's error in its response to a change, which the
+    paired interval leaves out, measured on plant batches that chose nothing else)."""
+    if not math.isfinite(gain_pct):
+        raise AdviseError("the expected gain is not a number", field="expected_gain", value=gain_pct)
+    if gain_pct <= 0:
+        return False, ("the advice does not beat continuing as planned on the check particles "
+                       f"({gain_pct:+.2f} %): continue as planned")
+    if gain_pct <= min_gain_pct:
+        return False, (f"the expected gain ({gain_pct:+.2f} %) is not above optimize.replan_min_gain_pct "
+                       f"({min_gain_pct:g} %), the twin's error in its response to a change: continue as planned")
+    return True, (f"the expected gain ({gain_pct:+.2f} %) is above 0 and above optimize.replan_min_gain_pct "
+                  f"({min_gain_pct:g} %): run the advice")
 
 
 def _path_fields(traj, keep: np.ndarray, sugar: np.ndarray) -> dict:
@@ -620,9 +649,10 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
             material[v.name] = {"used_before_replan": used, "remaining_budget": left,
                                 "advised_remaining": new, "difference": new - left,
                                 "plan_total": float(plan.total(v.name, 0.0, t_end))}
-    if np.mean(gain) <= 0:
-        notes.append("the advice does not beat continuing as planned on the check particles: "
-                     "continue as planned")
+    gain_pct = _summary(100.0 * gain / tot_plan)
+    recommended, why = recommendation(gain_pct["mean"], spec.replan_min_gain_pct)
+    if not recommended:
+        notes.append(why)
     for name, c in constraints.items():
         if c["advised"]["fraction_violating"] > spec.violation_tolerance:
             notes.append(f"'{name}' is broken on {c['advised']['fraction_violating']:.0%} of the "
@@ -637,7 +667,8 @@ def advise(posterior: StrainPosterior, record: BatchRecord, plan: Recipe, sc, *,
         recipe=operator, plan=operator_plan, simulated={"advised": advised, "plan": opt.baseline},
         phases_h=np.asarray(opt.edges), controls={k: np.asarray(v) for k, v in rounded.items()},
         plan_phases=plan_phases, gain_kg=_summary(gain),
-        gain_pct=_summary(100.0 * gain / tot_plan), prob_better=float(np.mean(gain > 0)),
+        gain_pct=gain_pct, prob_better=float(np.mean(gain > 0)),
+        recommended=recommended, recommendation=why,
         total_product_kg={"advised": _summary(tot_new), "plan": _summary(tot_plan)},
         final_titer_g_L={"advised": _summary(titer_new[:, -1]), "plan": _summary(titer_plan[:, -1])},
         material_L=material, constraints=constraints,
@@ -766,5 +797,7 @@ def plot_advice(adv: Advice, record: BatchRecord | None, *, path, title: str | N
     fig.suptitle(title or (
         f"Advice for batch {adv.batch} ({adv.strain}) at {adv.now_h:g} h, re-planned from "
         f"{adv.start_h:g} h: expected gain {gk['mean']:+.3g} kg ({gp['mean']:+.2f} %), 90 % "
-        f"[{gk['q05']:+.3g}, {gk['q95']:+.3g}] kg, P(better) {adv.prob_better:.2f}"), fontsize=11)
+        f"[{gk['q05']:+.3g}, {gk['q95']:+.3g}] kg, P(better) {adv.prob_better:.2f}\n"
+        + ("run the advice" if adv.recommended else "recommendation: continue as planned "
+           f"(the gain is not above {max(adv.spec.replan_min_gain_pct, 0.0):g} %)")), fontsize=11)
     return save(fig, path)

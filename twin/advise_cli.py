@@ -82,7 +82,8 @@ def advise_command(
                               "particles each)"),
 ) -> None:
     """Re-optimise the rest of a running batch: recipe.csv, advice.json (expected gain over
-    continuing as planned) and advice.png. Writes nothing if the advice breaks a limit."""
+    continuing as planned, and whether to run the advice) and advice.png. Writes nothing if the
+    advice breaks a limit."""
     import time
 
     import jax
@@ -188,6 +189,11 @@ def _print(adv, doc: dict, out: Path) -> None:
         t.add_row(f"{k}: worst advised / planned (limit)",
                   f"{c['advised']['worst']:.3g} / {c['plan']['worst']:.3g} ({c['limit']:.3g})")
     _console.print(t)
+    if adv.recommended:
+        _console.print(f"[bold green]recommendation: run the advice[/] ({adv.recommendation})")
+    else:
+        _console.print("[bold yellow]recommendation: continue as planned[/] (recipe.csv holds the advice "
+                       "for reference)")
     for n in doc["notes"]:
         _console.print(f"note: {n}")
     _console.print(f"note: the gain's interval leaves out {doc['expected_gain']['leaves_out']}")

@@ -19,6 +19,8 @@ max_substrate_after_h = 48  # ... from this time on (default start_h)
 max_dissolved_co2 = "1.55 mmol/L"  # optional, for a model with a CO2 balance (model.co2 = true)
 violation_tolerance = 0.05  # a constraint holds if at most this fraction of check draws breaks it
 trust_region = 0.15         # optional: each phase within +-15 % of the baseline's phase mean
+replan_min_gain_pct = 0.0   # `twin advise` only: an expected gain at or below this (% of the plan's
+                            # total product) is within the twin's response error: continue as planned
 
 [optimize.variables]
 substrate_feed = { lower = "0 L/h", upper = "150 L/h", budget = "baseline", resolution = "1 L/h" }
@@ -64,7 +66,7 @@ class OptimizeError(TwinError):
 
 _KEYS = {"objective", "risk_level", "draws", "check_draws", "starts", "iterations", "start_h", "phase_h",
          "min_dissolved_oxygen", "max_volume", "max_substrate", "max_substrate_after_h", "max_dissolved_co2",
-         "trust_region", "seed", "violation_tolerance", "variables"}
+         "trust_region", "seed", "violation_tolerance", "replan_min_gain_pct", "variables"}
 _VAR_KEYS = {"lower", "upper", "budget", "resolution", "max_change"}
 
 
@@ -97,6 +99,7 @@ class OptimizeSpec:
     seed: int
     variables: tuple[VariableSpec, ...]
     max_dissolved_co2: float | None = None  # mmol/L, over the whole batch
+    replan_min_gain_pct: float = 0.0  # `twin advise`: smaller expected gains -> continue as planned
 
 
 def _qty(raw, unit: str, where, field: str) -> float:
@@ -163,6 +166,10 @@ def load_optimize_spec(sc) -> OptimizeSpec:
     tol = _qty(raw.get("violation_tolerance", 0.05), "", where, "optimize.violation_tolerance")
     if not 0 <= tol < 0.5:
         raise OptimizeError("must be in [0, 0.5)", where=where, field="optimize.violation_tolerance", value=tol)
+    min_gain = _qty(raw.get("replan_min_gain_pct", 0.0), "", where, "optimize.replan_min_gain_pct")
+    if min_gain < 0:
+        raise OptimizeError("must be >= 0 (% of the plan's total product)", where=where,
+                            field="optimize.replan_min_gain_pct", value=min_gain)
     tr = raw.get("trust_region")
     if tr is not None:
         tr = _qty(tr, "", where, "optimize.trust_region")
@@ -202,7 +209,8 @@ def load_optimize_spec(sc) -> OptimizeSpec:
         mc = None if mc is None else _qty(mc, unit, where, f"{f}.max_change")
         variables.append(VariableSpec(name, lo, hi, budget == "baseline", res, mc))
     return OptimizeSpec(objective, risk, ints["draws"], ints["check_draws"], ints["starts"], ints["iterations"],
-                        start, phase, do_min, vmax, smax, s_after, tol, tr, ints["seed"], tuple(variables), cmax)
+                        start, phase, do_min, vmax, smax, s_after, tol, tr, ints["seed"], tuple(variables), cmax,
+                        min_gain)
 
 
 def _phase_grid(spec: OptimizeSpec, t_end: float, dt: float, where) -> np.ndarray:
