@@ -109,11 +109,17 @@ def sugar_stall_h(trajectory, *, after_h: float = 30.0, threshold_g_L: float = 0
     return float(dt[high].sum())
 
 
-def _replan_row(seed: int, c, *, open_kg: float, predicted_pct: float, refused: bool, advise_s: float) -> dict:
+def _replan_row(seed: int, c, *, open_kg: float, plan_kg: float, predicted_pct: float, refused: bool,
+                advise_s: float, applied: bool = True, predicted_q05_pct: float = float("nan"),
+                advice_kg: float = float("nan")) -> dict:
     """One seed's re-planning figures from `c`, a row of a paired comparison (the batch as run,
-    against the default recipe on the same seed)."""
-    return dict(seed=seed, refused=refused, replan_kg=c["penicillin_total_kg_recipe"], open_kg=open_kg,
+    against the default recipe on the same seed). `plan_kg`: the plant's total with the plan the
+    stage re-planned; `advice_kg`: with the advice run whether or not it was recommended (NaN when
+    not run); `applied`: the advice was recommended and the batch went on with it."""
+    return dict(seed=seed, refused=refused, applied=applied, replan_kg=c["penicillin_total_kg_recipe"],
+                open_kg=open_kg, plan_kg=plan_kg, advice_kg=advice_kg,
                 default_kg=c["penicillin_total_kg_default"], predicted_pct=predicted_pct,
+                predicted_q05_pct=predicted_q05_pct,
                 peak_volume_m3=c["peak_volume_L_recipe"] / 1000.0, base_ratio=c["base_L_recipe"] / c["base_L_default"],
                 sugar_diff_pct=c["sugar_kg_diff_pct"], oil_diff_pct=c["oil_L_diff_pct"], advise_s=advise_s)
 
@@ -171,32 +177,52 @@ def replan(posterior, recipe, cmp, seeds, *, at, scenario: Path, overrides, out:
                 adv = advise(post, rec, plan, sc, at=h, key=jax.random.PRNGKey(seed), future_flows=flows)
             except AdviseError as e:  # no advice: the batch continues with its recipe
                 print(f"seed {seed} at {h:g} h: no advice ({time.perf_counter() - t:.0f} s): {e}", flush=True)
-                stages[h].append(_replan_row(seed, row, open_kg=open_kg, predicted_pct=0.0, refused=True,
+                stages[h].append(_replan_row(seed, row, open_kg=open_kg, plan_kg=row["penicillin_total_kg_recipe"],
+                                             predicted_pct=0.0, refused=True, applied=False,
                                              advise_s=time.perf_counter() - t))
                 continue
             t_adv = time.perf_counter() - t
             plot_advice(adv, rec, path=out / "replan" / f"advice_{seed}_{h:g}h.png")
             before_kg = row["penicillin_total_kg_recipe"]
-            plan = advised_plant_recipe(plan, adv, variables)
-            paired = compare_recipes(plan, [seed], baseline=default_recipe())
-            run, row = paired.runs[seed][0], paired.table.iloc[0]
-            r = _replan_row(seed, row, open_kg=open_kg, predicted_pct=adv.gain_pct["mean"], refused=False,
-                            advise_s=t_adv)
+            # the advice runs on the plant either way (to measure the twin's response error); the
+            # batch goes on with it only if `twin advise` recommends it
+            advised = advised_plant_recipe(plan, adv, variables)
+            paired = compare_recipes(advised, [seed], baseline=default_recipe())
+            advice_kg = float(paired.table.iloc[0]["penicillin_total_kg_recipe"])
+            if adv.recommended:
+                plan, run, row = advised, paired.runs[seed][0], paired.table.iloc[0]
+            r = _replan_row(seed, row, open_kg=open_kg, plan_kg=before_kg, predicted_pct=adv.gain_pct["mean"],
+                            predicted_q05_pct=adv.gain_pct["q05"], refused=False, applied=adv.recommended,
+                            advise_s=t_adv, advice_kg=advice_kg)
             stages[h].append(r)
             print(f"seed {seed}: re-planned from {adv.start_h:g} h in {t_adv:.0f} s (twin: "
-                  f"{adv.gain_pct['mean']:+.2f} % over its plan); plant {r['default_kg']:.0f} (default) "
-                  f"-> {open_kg:.0f} (open loop) -> {before_kg:.0f} (plan) -> {r['replan_kg']:.0f} kg "
-                  f"(re-planned); sugar {r['sugar_diff_pct']:+.2f} %, oil {r['oil_diff_pct']:+.2f} %, base x "
-                  f"{r['base_ratio']:.3f}, peak volume {r['peak_volume_m3']:.2f} m3", flush=True)
+                  f"{adv.gain_pct['mean']:+.2f} % [{adv.gain_pct['q05']:+.2f}, {adv.gain_pct['q95']:+.2f}] over "
+                  f"its plan; {'applied' if adv.recommended else 'continue as planned'}); plant "
+                  f"{r['default_kg']:.0f} (default) -> {open_kg:.0f} (open loop) -> {before_kg:.0f} (plan) -> "
+                  f"{advice_kg:.0f} kg (advice, {100.0 * (advice_kg / before_kg - 1.0):+.2f} %) -> "
+                  f"{r['replan_kg']:.0f} kg (batch); sugar {r['sugar_diff_pct']:+.2f} %, oil "
+                  f"{r['oil_diff_pct']:+.2f} %, base x {r['base_ratio']:.3f}, peak volume "
+                  f"{r['peak_volume_m3']:.2f} m3", flush=True)
     frames = [pd.DataFrame(rows).assign(at_h=h) for h, rows in stages.items()]
     pd.concat(frames, ignore_index=True).to_csv(out / "replan.csv", index=False)
+    return replan_figures(frames, hours)
+
+
+def replan_figures(frames, hours) -> dict:
+    """The headline figures of the re-planning stages `frames` (one table of `_replan_row`s per
+    hour of `hours`): against the default and the open-loop recipe after each stage and after the
+    last, what the twin predicted for the advice it recommended, and its response error: each
+    advice run on the plant, recommended or not, against the plan it re-planned."""
+    import pandas as pd
+
     head = {"replan_at_h": ",".join(f"{h:g}" for h in hours)}
     for h, df in zip(hours, frames):
         vs_default = 100.0 * (df["replan_kg"] / df["default_kg"] - 1.0)
         if len(hours) > 1:
             head[f"replan_after_{h:g}h_mean_gain_pct"] = round(float(vs_default.mean()), 2)
     # after the last re-plan: each stage's predicted gain is over the plan it re-planned
-    predicted = 100.0 * (np.prod([1.0 + df["predicted_pct"].to_numpy() / 100.0 for df in frames], axis=0) - 1.0)
+    predicted = 100.0 * (np.prod([1.0 + np.where(df["applied"], df["predicted_pct"], 0.0) / 100.0
+                                  for df in frames], axis=0) - 1.0)
     df = frames[-1]
     every = pd.concat(frames, ignore_index=True)
     vs_default = 100.0 * (df["replan_kg"] / df["default_kg"] - 1.0)
@@ -209,11 +235,24 @@ def replan(posterior, recipe, cmp, seeds, *, at, scenario: Path, overrides, out:
         "replan_vs_open_loop_min_pct": round(float(vs_open.min()), 2),
         "replan_predicted_vs_open_loop_mean_pct": round(float(predicted.mean()), 2),
         "replan_refused": int(every["refused"].sum()),
+        "replan_applied": int(every["applied"].sum()),
+        "replan_advice_count": int((~every["refused"]).sum()),
         "replan_peak_volume_max_m3": round(float(every["peak_volume_m3"].max()), 2),
         "replan_base_ratio_max": round(float(every["base_ratio"].max()), 3),
         "replan_sugar_diff_pct_max_abs": round(float(every["sugar_diff_pct"].abs().max()), 2),
         "replan_oil_diff_pct_max_abs": round(float(every["oil_diff_pct"].abs().max()), 2),
         "replan_advise_median_s": round(float(every["advise_s"].median()), 1)})
+    # the twin's response error: every advice run on the plant (recommended or not) against its plan
+    ran = every[~every["refused"]]
+    if len(ran):
+        realised = 100.0 * (ran["advice_kg"] / ran["plan_kg"] - 1.0)
+        err = realised - ran["predicted_pct"]
+        head.update({
+            "advice_realised_mean_pct": round(float(realised.mean()), 2),
+            "advice_predicted_mean_pct": round(float(ran["predicted_pct"].mean()), 2),
+            "advice_lost_count": int((realised < 0).sum()),
+            "advice_response_error_mean_pct": round(float(err.mean()), 2),
+            "advice_response_error_sd_pct": round(float(err.std(ddof=1)), 2) if len(ran) > 1 else float("nan")})
     return head
 
 

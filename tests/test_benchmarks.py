@@ -327,12 +327,41 @@ def test_closed_loop_replan_row_counts_refused_advice_as_the_open_loop_batch():
     c = pd.Series({"penicillin_total_kg_recipe": 3300.0, "penicillin_total_kg_default": 3200.0,
                    "peak_volume_L_recipe": 95_500.0, "base_L_recipe": 1020.0, "base_L_default": 1000.0,
                    "sugar_kg_diff_pct": -0.5, "oil_L_diff_pct": 0.1})
-    refused = bench._replan_row(7, c, open_kg=3300.0, predicted_pct=0.0, refused=True, advise_s=1.0)
+    refused = bench._replan_row(7, c, open_kg=3300.0, plan_kg=3300.0, predicted_pct=0.0, refused=True,
+                                applied=False, advise_s=1.0)
     assert refused["replan_kg"] == refused["open_kg"] == 3300.0 and refused["default_kg"] == 3200.0
     assert refused["peak_volume_m3"] == pytest.approx(95.5) and refused["base_ratio"] == pytest.approx(1.02)
-    replanned = bench._replan_row(7, c.replace(3300.0, 3330.0), open_kg=3300.0, predicted_pct=1.0, refused=False,
-                                  advise_s=1.0)
+    replanned = bench._replan_row(7, c.replace(3300.0, 3330.0), open_kg=3300.0, plan_kg=3300.0, predicted_pct=1.0,
+                                  refused=False, advise_s=1.0, advice_kg=3330.0)
     assert replanned["replan_kg"] == 3330.0 and replanned["open_kg"] == 3300.0
+
+
+def test_closed_loop_replan_figures_count_only_recommended_advice_and_measure_every_advice():
+    """Advice `twin advise` does not recommend leaves the batch on its plan (its gain over the
+    plan and its predicted gain count as 0 for the batch), but it was run on the plant too: the
+    response error (realised - predicted, % of the plan) covers every advice that was not refused."""
+    import pandas as pd
+
+    bench = _load("closed_loop")
+    row = lambda seed, stage_kg, **kw: bench._replan_row(seed, pd.Series({
+        "penicillin_total_kg_recipe": stage_kg, "penicillin_total_kg_default": 3000.0,
+        "peak_volume_L_recipe": 95_000.0, "base_L_recipe": 1000.0, "base_L_default": 1000.0,
+        "sugar_kg_diff_pct": 0.0, "oil_L_diff_pct": 0.0}), open_kg=3300.0, advise_s=2.0, **kw)
+    first = pd.DataFrame([  # seed 1: applied, +1 % on the plant (twin +2 %); seed 2: held, would have lost 1 %
+        row(1, 3333.0, plan_kg=3300.0, predicted_pct=2.0, refused=False, applied=True, advice_kg=3333.0),
+        row(2, 3300.0, plan_kg=3300.0, predicted_pct=0.5, refused=False, applied=False, advice_kg=3267.0)])
+    second = pd.DataFrame([  # seed 1 refused (stays at 3333); seed 2 applied, +2 % (twin +1 %)
+        row(1, 3333.0, plan_kg=3333.0, predicted_pct=0.0, refused=True, applied=False),
+        row(2, 3366.0, plan_kg=3300.0, predicted_pct=1.0, refused=False, applied=True, advice_kg=3366.0)])
+    f = bench.replan_figures([first.assign(at_h=57.0), second.assign(at_h=115.0)], [57.0, 115.0])
+    assert f["replan_after_57h_mean_gain_pct"] == pytest.approx(100 * ((3333 + 3300) / 2 / 3000 - 1), abs=0.01)
+    assert f["replan_vs_open_loop_mean_pct"] == pytest.approx(100 * ((3333 / 3300 + 3366 / 3300) / 2 - 1), abs=0.01)
+    assert f["replan_predicted_vs_open_loop_mean_pct"] == pytest.approx((2.0 + 1.0) / 2, abs=0.01)
+    assert (f["replan_applied"], f["replan_refused"], f["replan_advice_count"]) == (2, 1, 3)
+    assert f["advice_lost_count"] == 1
+    errors = [1.0 - 2.0, -1.0 - 0.5, 2.0 - 1.0]
+    assert f["advice_response_error_mean_pct"] == pytest.approx(np.mean(errors), abs=0.01)
+    assert f["advice_response_error_sd_pct"] == pytest.approx(np.std(errors, ddof=1), abs=0.01)
 
 
 def test_closed_loop_replan_hours_are_increasing_and_checked_before_any_work(capsys):
