@@ -154,7 +154,7 @@ def test_recommendation_needs_a_gain_above_zero_and_above_the_response_error():
 
 def test_the_advice_is_recommended_as_its_gain_says(advice):
     """The advice of the module's batch: recommended exactly when its mean gain (%) is above 0 and
-    the scenario's replan_min_gain_pct (0 by default), and advice.json says so."""
+    the scenario's replan_min_gain_pct, and advice.json says so."""
     want = advice.gain_pct["mean"] > max(0.0, advice.spec.replan_min_gain_pct)
     assert advice.recommended == want
     assert advice.to_dict()["recommendation"] == {"apply_advice": want, "why": advice.recommendation,
