@@ -801,6 +801,6 @@ def plot_advice(adv: Advice, record: BatchRecord | None, *, path, title: str | N
         f"Advice for batch {adv.batch} ({adv.strain}) at {adv.now_h:g} h, re-planned from "
         f"{adv.start_h:g} h: expected gain {gk['mean']:+.3g} kg ({gp['mean']:+.2f} %), 90 % "
         f"[{gk['q05']:+.3g}, {gk['q95']:+.3g}] kg, P(better) {adv.prob_better:.2f}\n"
-        + ("run the advice" if adv.recommended else "recommendation: continue as planned "
-           f"(the gain is not above {max(adv.spec.replan_min_gain_pct, 0.0):g} %)")), fontsize=11)
+        + ("recommendation: run the advice" if adv.recommended else "recommendation: continue as planned "
+           f"(the gain is not above {adv.spec.replan_min_gain_pct:g} %)")), fontsize=11)
     return save(fig, path)
